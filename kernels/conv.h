@@ -1,0 +1,61 @@
+// kernels/conv.h — 2-D convolution kernels: raw pointers, a geometry struct and element strides,
+// never a Tensor.
+//
+// Shapes (PyTorch's): x [N, C, H, W], weight [O, C/groups, KH, KW] (always contiguous OIHW),
+// bias [O] (or nullptr), y [N, O, OH, OW] with
+//   OH = (H + 2 pad_h - dil_h (KH - 1) - 1) / stride_h + 1   (same for OW).
+// Activations (x, y and their gradients) are logical N×C×H×W with any strides; in practice the op
+// layer passes NCHW-contiguous or channels-last (NHWC) ones, which oneDNN runs without reorders.
+// Three twins with the same signature:
+//   ref_*  — kernels/ref/conv.cpp: plain loops, the specification (float32, float64);
+//   cpu_*  — kernels/cpu/conv_onednn.cpp: oneDNN for float32, primitives cached per geometry;
+//            oneDNN has no float64, so float64 runs the reference loops;
+//   cuda_* — not written yet (the op layer raises tb::Error for CUDA tensors).
+#pragma once
+
+#include <cstdint>
+
+#include <tb/core.h>
+
+namespace tb::kernels {
+
+// Element strides of a logical N×C×H×W tensor.
+struct Strides4 {
+  int64_t n = 0, c = 0, h = 0, w = 0;
+};
+inline Strides4 nchw_strides(int64_t C, int64_t H, int64_t W) { return {C * H * W, H * W, W, 1}; }
+inline Strides4 nhwc_strides(int64_t C, int64_t H, int64_t W) { return {H * W * C, 1, W * C, C}; }
+
+struct Conv2dGeom {
+  int64_t N = 0, C = 0, H = 0, W = 0; // input
+  int64_t O = 0, KH = 0, KW = 0;      // weight [O, C / groups, KH, KW]
+  int64_t OH = 0, OW = 0;             // output
+  int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1, groups = 1;
+};
+
+// y = conv(x, w) + b (b may be nullptr).
+void ref_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs, const void* w,
+                        const void* b, void* y, Strides4 ys);
+void cpu_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs, const void* w,
+                        const void* b, void* y, Strides4 ys);
+void cuda_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
+                         const void* w, const void* b, void* y, Strides4 ys);
+
+// dx = conv_transpose(dy, w): every dx element is written (no accumulation into old values).
+void ref_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, Strides4 dys,
+                              const void* w, void* dx, Strides4 dxs);
+void cpu_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, Strides4 dys,
+                              const void* w, void* dx, Strides4 dxs);
+void cuda_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, Strides4 dys,
+                               const void* w, void* dx, Strides4 dxs);
+
+// dw [O, C/groups, KH, KW] (contiguous) = sum over n, oh, ow of dy * x-window; db [O] = sum of dy
+// over n, oh, ow (db may be nullptr). Both are overwritten.
+void ref_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
+                                 const void* dy, Strides4 dys, void* dw, void* db);
+void cpu_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
+                                 const void* dy, Strides4 dys, void* dw, void* db);
+void cuda_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
+                                  const void* dy, Strides4 dys, void* dw, void* db);
+
+} // namespace tb::kernels

@@ -1,0 +1,33 @@
+// kernels/copy.h — the one N-d strided kernel: copy (with dtype conversion) from any strided
+// layout to any strided layout. contiguous(), to(dtype), expand+materialise, cat and friends are
+// all built on it, so every other kernel may assume dense inputs.
+#pragma once
+
+#include <cstdint>
+
+#include <tb/core.h>
+
+namespace tb::kernels {
+
+// Geometry of one strided operand: up to kMaxDims dims; strides in elements.
+constexpr int kMaxDims = 8;
+struct StridedLayout {
+  int ndim = 0;
+  int64_t sizes[kMaxDims] = {};
+  int64_t strides[kMaxDims] = {};
+};
+
+// dst[i] = convert(src[i]) for every logical index i of `sizes` (dst and src share sizes).
+// Pointers already include the tensors' offsets.
+void ref_copy_strided(DType src_dtype, const void* src, const StridedLayout& src_layout,
+                      DType dst_dtype, void* dst, const StridedLayout& dst_layout);
+void cpu_copy_strided(DType src_dtype, const void* src, const StridedLayout& src_layout,
+                      DType dst_dtype, void* dst, const StridedLayout& dst_layout);
+void cuda_copy_strided(DType src_dtype, const void* src, const StridedLayout& src_layout,
+                       DType dst_dtype, void* dst, const StridedLayout& dst_layout);
+
+// Fills n elements of dtype with value.
+void ref_fill(DType dtype, void* dst, int64_t n, double value);
+void cuda_fill(DType dtype, void* dst, int64_t n, double value);
+
+} // namespace tb::kernels

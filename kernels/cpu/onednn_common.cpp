@@ -1,0 +1,81 @@
+// kernels/cpu/onednn_common.cpp — oneDNN engine/stream singletons, scratchpad buffers and cached
+// reorders (see onednn_common.h).
+#include "kernels/cpu/onednn_common.h"
+
+#include <omp.h>
+
+#include <atomic>
+
+#include <tb/core.h>
+
+namespace tb::kernels::onednn {
+
+dnnl::engine& engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+dnnl::stream& stream() {
+  static dnnl::stream s(engine());
+  return s;
+}
+
+dnnl::primitive_attr scratchpad_attr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+int64_t num_threads() { return omp_get_max_threads(); }
+
+Buffer::Buffer(size_t nbytes) : nbytes_(nbytes) {
+  if (nbytes_ > 0) data_ = device_alloc(kCPU, nbytes_);
+}
+
+Buffer::~Buffer() {
+  if (data_) device_free(kCPU, data_, nbytes_);
+}
+
+dnnl::memory Buffer::memory(const dnnl::memory::desc& md) const {
+  TB_CHECK(md.get_size() <= nbytes_, "onednn: buffer of {} bytes too small for {} bytes", nbytes_,
+           md.get_size());
+  return dnnl::memory(md, engine(), data_);
+}
+
+void execute(const dnnl::primitive& prim, const dnnl::memory::desc& scratchpad_md,
+             std::unordered_map<int, dnnl::memory> args) {
+  Buffer scratch(scratchpad_md.get_size());
+  if (scratchpad_md.get_size() > 0) args[DNNL_ARG_SCRATCHPAD] = scratch.memory(scratchpad_md);
+  prim.execute(stream(), args);
+  stream().wait();
+}
+
+Reorder::Reorder(const dnnl::memory::desc& from_, const dnnl::memory::desc& to_)
+    : needed(from_ != to_), from(from_), to(to_) {
+  if (!needed) return;
+  dnnl::reorder::primitive_desc pd(engine(), from, engine(), to, scratchpad_attr());
+  prim = dnnl::reorder(pd);
+  scratchpad_md = pd.scratchpad_desc();
+  count_primitive_created();
+}
+
+dnnl::memory Reorder::apply(const void* src, std::optional<Buffer>& tmp) const {
+  dnnl::memory src_mem(from, engine(), const_cast<void*>(src));
+  if (!needed) return src_mem;
+  tmp.emplace(to.get_size());
+  dnnl::memory dst_mem = tmp->memory(to);
+  execute(prim, scratchpad_md, {{DNNL_ARG_FROM, src_mem}, {DNNL_ARG_TO, dst_mem}});
+  return dst_mem;
+}
+
+void Reorder::run(const dnnl::memory& src, void* dst) const {
+  TB_CHECK(needed, "onednn: Reorder::run on equal layouts");
+  dnnl::memory dst_mem(to, engine(), dst);
+  execute(prim, scratchpad_md, {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst_mem}});
+}
+
+static std::atomic<int64_t> g_created{0};
+int64_t primitives_created() { return g_created.load(); }
+void count_primitive_created() { g_created++; }
+
+} // namespace tb::kernels::onednn

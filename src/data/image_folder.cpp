@@ -1,0 +1,89 @@
+// ImageFolder (root/<class>/<image>, as torchvision.datasets.ImageFolder) and image decoding.
+//
+// Decoding is stb_image's. Its implementation is compiled here, static (file-local), so it cannot
+// clash with Debian's libstb.so or a user's own copy; its failure reason is thread-local, so
+// DataLoader workers may decode at the same time.
+#include <tb/data.h>
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#include <stb/stb_image.h>
+#pragma GCC diagnostic pop
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+
+namespace fs = std::filesystem;
+
+namespace tb::data {
+
+namespace {
+
+bool has_image_extension(const fs::path& p) {
+  std::string ext = p.extension().string();
+  for (auto& ch : ext) ch = (char)std::tolower((unsigned char)ch);
+  static const char* kExts[] = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tga", ".gif"};
+  return std::any_of(std::begin(kExts), std::end(kExts), [&](const char* e) { return ext == e; });
+}
+
+} // namespace
+
+Tensor read_image(const std::string& path, int channels) {
+  TB_CHECK(channels >= 1 && channels <= 4, "read_image: channels must be 1..4, got {}", channels);
+  int w = 0, h = 0, n = 0;
+  uint8_t* pixels = stbi_load(path.c_str(), &w, &h, &n, channels);
+  TB_CHECK(pixels != nullptr, "read_image: cannot decode '{}': {}", path,
+           stbi_failure_reason() ? stbi_failure_reason() : "unknown reason");
+  Tensor out;
+  try {
+    out = from_buffer(pixels, {h, w, channels}, kUInt8);
+  } catch (...) {
+    stbi_image_free(pixels);
+    throw;
+  }
+  stbi_image_free(pixels);
+  return out;
+}
+
+ImageFolder::ImageFolder(const std::string& root, int channels) : root_(root), channels_(channels) {
+  TB_CHECK(channels >= 1 && channels <= 4, "ImageFolder: channels must be 1..4, got {}", channels);
+  TB_CHECK(fs::is_directory(root), "ImageFolder: '{}' is not a directory", root);
+  for (const auto& entry : fs::directory_iterator(root))
+    if (entry.is_directory()) classes_.push_back(entry.path().filename().string());
+  std::sort(classes_.begin(), classes_.end());
+  TB_CHECK(!classes_.empty(),
+           "ImageFolder: '{}' has no class sub-folders (expected root/<class>/<image files>)", root);
+
+  std::vector<std::string> empty_classes;
+  for (size_t k = 0; k < classes_.size(); k++) {
+    // torchvision walks each class folder recursively, visiting folders and files sorted.
+    std::vector<std::pair<std::string, std::string>> files; // (folder, file name)
+    auto opts = fs::directory_options::follow_directory_symlink;
+    for (const auto& entry : fs::recursive_directory_iterator(fs::path(root) / classes_[k], opts))
+      if (entry.is_regular_file() && has_image_extension(entry.path()))
+        files.emplace_back(entry.path().parent_path().string(), entry.path().filename().string());
+    std::sort(files.begin(), files.end());
+    if (files.empty()) empty_classes.push_back(classes_[k]);
+    for (auto& [dir, name] : files)
+      samples_.emplace_back((fs::path(dir) / name).string(), (int64_t)k);
+  }
+  TB_CHECK(empty_classes.empty(),
+           "ImageFolder: '{}': no image files (.png .jpg .jpeg .bmp .ppm .pgm .tga .gif) in the "
+           "class folder(s) {}",
+           root, fmt::format("'{}'", fmt::join(empty_classes, "', '")));
+}
+
+Example ImageFolder::get(int64_t index) const {
+  TB_CHECK(index >= 0 && index < size(), "ImageFolder: index {} out of range for {} samples",
+           index, size());
+  const auto& [path, target] = samples_[index];
+  return {read_image(path, channels_), target};
+}
+
+} // namespace tb::data
