@@ -11,6 +11,7 @@
 // dtypes: float32, float64.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/conv.h" // Strides4
@@ -23,6 +24,32 @@ struct Pool2dGeom {
   int64_t KH = 1, KW = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
   bool count_include_pad = true;      // avg only: divide by the padded window size
 };
+
+// The input window of output pixel (oh, ow): rows [h0, h1), columns [w0, w1), and the divisor an
+// average uses. Shared by the ref and cpu kernels so both pool exactly the same elements.
+struct PoolWindow {
+  int64_t h0, h1, w0, w1;
+  double divisor;
+};
+
+// max/avg: the kernel placed at (oh*stride - pad), clipped to the input. avg's divisor counts the
+// window clipped to the padded input [-pad, H + pad) (count_include_pad) or to the input only.
+inline PoolWindow pool_window(const Pool2dGeom& g, int64_t oh, int64_t ow) {
+  int64_t h0 = oh * g.stride_h - g.pad_h, w0 = ow * g.stride_w - g.pad_w;
+  int64_t h1 = std::min(h0 + g.KH, g.H + g.pad_h), w1 = std::min(w0 + g.KW, g.W + g.pad_w);
+  double padded_size = double((h1 - h0) * (w1 - w0));
+  h0 = std::max<int64_t>(h0, 0), w0 = std::max<int64_t>(w0, 0);
+  h1 = std::min(h1, g.H), w1 = std::min(w1, g.W);
+  double divisor = g.count_include_pad ? padded_size : double((h1 - h0) * (w1 - w0));
+  return {h0, h1, w0, w1, divisor};
+}
+
+// adaptive: rows [floor(oh H / OH), ceil((oh + 1) H / OH)), same for columns.
+inline PoolWindow adaptive_window(const Pool2dGeom& g, int64_t oh, int64_t ow) {
+  int64_t h0 = oh * g.H / g.OH, h1 = ((oh + 1) * g.H + g.OH - 1) / g.OH;
+  int64_t w0 = ow * g.W / g.OW, w1 = ((ow + 1) * g.W + g.OW - 1) / g.OW;
+  return {h0, h1, w0, w1, double((h1 - h0) * (w1 - w0))};
+}
 
 // y = max over the window; idx (int64, y's strides) = h * W + w of the maximum within its
 // (n, c) plane, as PyTorch's return_indices. NaN wins (propagates), ties keep the first.

@@ -1,1 +1,213 @@
-// placeholder: being written
+// batch_norm: normalised outputs, the running-statistics update (unbiased variance), eval mode,
+// float64 gradient checks in training and eval mode (affine or not), the OpenMP kernel against
+// the reference on NCHW / channels-last / [N, C] / [N, C, L] inputs, and bad input.
+#include "gradcheck.h"
+
+#include <cmath>
+
+using namespace tb;
+using tbtest::check_error;
+using tbtest::gradcheck;
+using tbtest::max_abs_diff;
+
+namespace {
+
+// Per-channel mean and biased variance of x [N, C, ...] computed directly from its values.
+void channel_stats(const Tensor& x, std::vector<double>& mean, std::vector<double>& var) {
+  int64_t N = x.size(0), C = x.size(1), S = x.numel() / (N * C);
+  auto v = x.to_vector(); // logical row-major order
+  mean.assign(C, 0.0);
+  var.assign(C, 0.0);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++)
+      for (int64_t s = 0; s < S; s++) mean[c] += v[(n * C + c) * S + s] / double(N * S);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++)
+      for (int64_t s = 0; s < S; s++) {
+        double d = v[(n * C + c) * S + s] - mean[c];
+        var[c] += d * d / double(N * S);
+      }
+}
+
+double max_abs(const Tensor& t) {
+  double m = 0;
+  for (double v : t.to_vector()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+} // namespace
+
+TEST_SUITE("batchnorm") {
+
+TEST_CASE("training normalises each channel and updates running stats with unbiased var") {
+  manual_seed(5);
+  for (bool cl : {false, true}) {
+    CAPTURE(cl);
+    Tensor x = add(mul(randn({4, 3, 5, 5}, kFloat64), 2.0), 1.5);
+    if (cl) x = x.contiguous_channels_last();
+    Tensor rm = from_vector(std::vector<double>{0.1, 0.2, 0.3}, {3});
+    Tensor rv = from_vector(std::vector<double>{1.0, 2.0, 3.0}, {3});
+    Tensor w = from_vector(std::vector<double>{1.0, 2.0, -1.0}, {3});
+    Tensor b = from_vector(std::vector<double>{0.0, 0.5, 1.0}, {3});
+    uint64_t v0 = rm.version();
+    double momentum = 0.1, eps = 1e-5;
+    Tensor y = batch_norm(x, rm, rv, w, b, true, momentum, eps);
+    CHECK(rm.version() > v0); // in-place update is visible to autograd's version checks
+    CHECK(y.is_channels_last() == cl);
+    std::vector<double> mean, var, ymean, yvar;
+    channel_stats(x, mean, var);
+    channel_stats(y, ymean, yvar);
+    double M = 4 * 25;
+    std::vector<double> w_v{1, 2, -1}, b_v{0, 0.5, 1}, rm0{0.1, 0.2, 0.3}, rv0{1, 2, 3};
+    for (int c = 0; c < 3; c++) {
+      CAPTURE(c);
+      CHECK(ymean[c] == doctest::Approx(b_v[c]).epsilon(1e-9));
+      CHECK(yvar[c] == doctest::Approx(w_v[c] * w_v[c] * var[c] / (var[c] + eps)).epsilon(1e-9));
+      CHECK(rm.to_vector()[c] == doctest::Approx(0.9 * rm0[c] + 0.1 * mean[c]).epsilon(1e-12));
+      CHECK(rv.to_vector()[c] ==
+            doctest::Approx(0.9 * rv0[c] + 0.1 * var[c] * M / (M - 1)).epsilon(1e-12));
+    }
+  }
+}
+
+TEST_CASE("eval uses the running statistics and leaves them alone") {
+  Tensor x = randn({3, 2}, kFloat64);
+  Tensor rm = from_vector(std::vector<double>{1.0, -1.0}, {2});
+  Tensor rv = from_vector(std::vector<double>{4.0, 0.25}, {2});
+  Tensor w = from_vector(std::vector<double>{2.0, 3.0}, {2});
+  Tensor b = from_vector(std::vector<double>{0.5, -0.5}, {2});
+  Tensor y = batch_norm(x, rm, rv, w, b, false, 0.1, 0.0);
+  auto xv = x.to_vector(), yv = y.to_vector();
+  for (int n = 0; n < 3; n++) {
+    CHECK(yv[n * 2 + 0] == doctest::Approx((xv[n * 2 + 0] - 1.0) / 2.0 * 2.0 + 0.5));
+    CHECK(yv[n * 2 + 1] == doctest::Approx((xv[n * 2 + 1] + 1.0) / 0.5 * 3.0 - 0.5));
+  }
+  CHECK(rm.to_vector() == std::vector<double>{1.0, -1.0});
+  CHECK(rv.to_vector() == std::vector<double>{4.0, 0.25});
+  // Without running stats, eval normalises with the batch's statistics (PyTorch's rule).
+  Tensor y2 = batch_norm(x, Tensor(), Tensor(), Tensor(), Tensor(), false, 0.1, 1e-5);
+  std::vector<double> m2, v2;
+  channel_stats(y2, m2, v2);
+  CHECK(std::abs(m2[0]) < 1e-9);
+}
+
+TEST_CASE("gradcheck: training and eval, affine and not, NCHW / channels-last / [N, C]") {
+  manual_seed(9);
+  TensorOptions o(kFloat64);
+  Tensor rm = randn({3}, o), rv = add(rand({3}, o), 0.5);
+  SUBCASE("training, affine, NCHW") {
+    CHECK(gradcheck(
+        [&](const std::vector<Tensor>& in) {
+          return batch_norm(in[0], Tensor(), Tensor(), in[1], in[2], true, 0.1, 1e-5);
+        },
+        {randn({3, 3, 2, 3}, o), randn({3}, o), randn({3}, o)}));
+  }
+  SUBCASE("training, affine, channels-last, with running stats") {
+    CHECK(gradcheck(
+        [&](const std::vector<Tensor>& in) {
+          return batch_norm(in[0].contiguous_channels_last(), rm.clone(), rv.clone(), in[1], in[2],
+                            true, 0.1, 1e-5);
+        },
+        {randn({2, 3, 3, 2}, o), randn({3}, o), randn({3}, o)}));
+  }
+  SUBCASE("training, not affine, [N, C]") {
+    CHECK(gradcheck(
+        [&](const std::vector<Tensor>& in) {
+          return batch_norm(in[0], Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5);
+        },
+        {randn({5, 3}, o)}));
+  }
+  SUBCASE("training, weight only, [N, C, L]") {
+    CHECK(gradcheck(
+        [&](const std::vector<Tensor>& in) {
+          return batch_norm(in[0], Tensor(), Tensor(), in[1], Tensor(), true, 0.1, 1e-5);
+        },
+        {randn({2, 3, 4}, o), randn({3}, o)}));
+  }
+  SUBCASE("eval, affine") {
+    CHECK(gradcheck(
+        [&](const std::vector<Tensor>& in) {
+          return batch_norm(in[0], rm, rv, in[1], in[2], false, 0.1, 1e-5);
+        },
+        {randn({2, 3, 2, 2}, o), randn({3}, o), randn({3}, o)}));
+  }
+  SUBCASE("eval, not affine, channels-last") {
+    CHECK(gradcheck(
+        [&](const std::vector<Tensor>& in) {
+          return batch_norm(in[0].contiguous_channels_last(), rm, rv, Tensor(), Tensor(), false,
+                            0.1, 1e-5);
+        },
+        {randn({2, 3, 2, 2}, o)}));
+  }
+}
+
+TEST_CASE("OpenMP kernel matches the reference (float32, every layout, both modes)") {
+  // Tolerance: float32 outputs of O(1) values whose statistics both kernels sum in double; the
+  // fast kernel applies them as x*scale + shift (one rounding more): 1e-5 of the magnitude.
+  Generator gen(21);
+  struct Case {
+    Shape shape;
+    bool channels_last, training, affine;
+  };
+  std::vector<Case> cases = {
+      {{4, 6, 5, 7}, false, true, true},  {{4, 6, 5, 7}, true, true, true},
+      {{4, 6, 5, 7}, true, false, true},  {{4, 6, 5, 7}, false, false, false},
+      {{3, 1, 4, 4}, true, true, true},   {{16, 10}, false, true, true},
+      {{16, 10}, false, false, true},     {{5, 4, 9}, false, true, false},
+      {{8, 33, 3, 3}, true, true, false}, {{1, 5, 1, 1}, false, false, true},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(shape_str(c.shape));
+    CAPTURE(c.channels_last);
+    CAPTURE(c.training);
+    CAPTURE(c.affine);
+    int64_t C = c.shape[1];
+    Tensor x = add(randn(c.shape, {kFloat32}, &gen), 0.7);
+    if (c.channels_last) x = x.contiguous_channels_last();
+    Tensor dy = randn(c.shape, {kFloat32}, &gen);
+    Tensor w = randn({C}, {kFloat32}, &gen), b = randn({C}, {kFloat32}, &gen);
+    Tensor rm0 = randn({C}, {kFloat32}, &gen), rv0 = add(rand({C}, {kFloat32}, &gen), 0.5);
+    std::vector<Tensor> results[2];
+    for (int k = 0; k < 2; k++) {
+      set_cpu_kernels(k == 0 ? CpuKernels::Reference : CpuKernels::Fast);
+      Tensor xl = empty_strided(x.shape(), x.strides(), {kFloat32});
+      xl.copy_(x);
+      xl.requires_grad_(true);
+      Tensor wl = w.clone().requires_grad_(true), bl = b.clone().requires_grad_(true);
+      Tensor rm = rm0.clone(), rv = rv0.clone();
+      Tensor y = batch_norm(xl, rm, rv, c.affine ? wl : Tensor(), c.affine ? bl : Tensor(),
+                            c.training, 0.1, 1e-5);
+      y.backward(dy);
+      results[k] = {y, rm, rv, xl.grad()};
+      if (c.affine) results[k].insert(results[k].end(), {wl.grad(), bl.grad()});
+      CHECK(xl.grad().strides() == x.strides());
+    }
+    set_cpu_kernels(CpuKernels::Fast);
+    for (size_t i = 0; i < results[0].size(); i++) {
+      CAPTURE(i);
+      CHECK(max_abs_diff(results[1][i], results[0][i]) <= 1e-5 * (1 + max_abs(results[0][i])));
+    }
+  }
+}
+
+TEST_CASE("batch_norm refuses bad input") {
+  Tensor x = randn({4, 3, 2, 2});
+  check_error([&] { batch_norm(randn({4}), Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5); },
+              {"batch_norm", "[N, C, ...]", "[4]"});
+  check_error([&] { batch_norm(x, Tensor(), Tensor(), randn({4}), Tensor(), true, 0.1, 1e-5); },
+              {"batch_norm", "weight", "[4, 3, 2, 2]", "[4]"});
+  check_error([&] { batch_norm(x, zeros({3}), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5); },
+              {"batch_norm", "running_var"});
+  check_error(
+      [&] { batch_norm(randn({1, 3}), Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5); },
+      {"batch_norm", "more than 1 value per channel", "[1, 3]"});
+  check_error([&] { batch_norm(x, Tensor(), Tensor(), randn({3}, kFloat64), Tensor(), true, 0.1, 1e-5); },
+              {"batch_norm", "float32", "float64"});
+  check_error([&] { batch_norm(ones({4, 3}, kInt64), Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5); },
+              {"batch_norm", "int64"});
+  // One value per channel is fine in eval mode.
+  CHECK(batch_norm(randn({1, 3}), zeros({3}), ones({3}), Tensor(), Tensor(), false, 0.1, 1e-5)
+            .shape() == Shape{1, 3});
+}
+
+} // TEST_SUITE

@@ -1,1 +1,435 @@
-// placeholder: being written
+// tests/test_cuda.cpp — the CUDA kernels (kernels/cuda/) against the CPU, through the public ops:
+// every family runs the same inputs on both devices and compares outputs and, through autograd,
+// input gradients. Without a GPU each case says "no CUDA device: skipped" and passes; the first
+// case checks that such a machine refuses CUDA tensors with a clear tb::Error instead of crashing.
+//
+// Tolerances: float64 results differ only by the order of the additions (tree reductions, cuBLAS
+// blocking) and by a few ulps in exp/log/erf, so 1e-10 relative; float32 the same at 1e-4.
+#include "gradcheck.h"
+
+#include <functional>
+#include <string>
+
+namespace {
+
+using namespace tb;
+
+const Device kGPU = cuda_device(0);
+
+// True, after saying so, when there is no GPU to run on.
+bool no_gpu() {
+  if (cuda::is_available()) return false;
+  MESSAGE("no CUDA device: skipped");
+  return true;
+}
+
+double tol_for(DType t) { return t == kFloat64 ? 1e-10 : 1e-4; }
+
+// |got - want| <= tol (1 + |want|) elementwise (NaN only where want is NaN); both brought to the CPU.
+void check_close(const Tensor& got, const Tensor& want, double tol, const std::string& what) {
+  REQUIRE_MESSAGE(got.shape() == want.shape(), what << ": shape " << shape_str(got.shape())
+                                                    << " vs " << shape_str(want.shape()));
+  auto g = got.cpu().to_vector(), w = want.cpu().to_vector();
+  double worst = 0;
+  int64_t at = -1;
+  for (size_t i = 0; i < w.size(); i++) {
+    if (std::isnan(w[i]) && std::isnan(g[i])) continue;
+    double err = std::abs(g[i] - w[i]) / (1 + std::abs(w[i]));
+    if (!(err <= worst)) worst = err, at = (int64_t)i;
+  }
+  CHECK_MESSAGE(worst <= tol, what << ": element " << at << " is " << (at >= 0 ? g[at] : 0)
+                                   << " on cuda, " << (at >= 0 ? w[at] : 0) << " on cpu");
+}
+
+void check_equal(const Tensor& got, const Tensor& want, const std::string& what) {
+  CHECK_MESSAGE(got.dtype() == want.dtype(), what << ": dtype " << dtype_name(got.dtype()));
+  check_close(got, want, 0.0, what);
+}
+
+using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+// Runs f on CPU copies and on GPU copies of `inputs`; compares outputs, then the gradients of
+// sum(f * r) for a fixed random r with respect to every floating input (when `grads`).
+void compare(const std::string& what, const Fn& f, const std::vector<Tensor>& inputs,
+             bool grads = true) {
+  std::vector<Tensor> xc, xg;
+  for (const Tensor& x : inputs) {
+    Tensor c = x.detach().clone(), g = x.detach().to(kGPU);
+    if (grads && is_floating(x.dtype())) {
+      c.requires_grad_(true);
+      g.requires_grad_(true);
+    }
+    xc.push_back(c);
+    xg.push_back(g);
+  }
+  Tensor yc = f(xc), yg = f(xg);
+  CHECK_MESSAGE(yg.device() == kGPU, what << ": result on " << yg.device().str());
+  double tol = tol_for(yc.dtype());
+  check_close(yg, yc, tol, what);
+  if (!grads || !yc.requires_grad()) return;
+  Generator gen(7);
+  Tensor r = randn(yc.shape(), {yc.dtype()}, &gen);
+  sum(mul(yc, r)).backward();
+  sum(mul(yg, r.to(kGPU))).backward();
+  for (size_t i = 0; i < xc.size(); i++) {
+    if (!xc[i].requires_grad() || !xc[i].grad().defined()) continue;
+    REQUIRE_MESSAGE(xg[i].grad().defined(), what << ": no gradient for input " << i << " on cuda");
+    CHECK(xg[i].grad().device() == kGPU);
+    check_close(xg[i].grad(), xc[i].grad(), tol, what + " d/dinput" + std::to_string(i));
+  }
+}
+
+Tensor rnd(const Shape& s, DType t = kFloat32, double scale = 1.0) {
+  return mul(randn(s, {kFloat64}), scale).to(t);
+}
+
+} // namespace
+
+TEST_SUITE("cuda") {
+
+TEST_CASE("without a GPU, CUDA tensors are refused with a clear error") {
+#ifdef TB_HAVE_CUDA
+  CHECK(cuda::is_built());
+#else
+  CHECK_FALSE(cuda::is_built());
+#endif
+  if (cuda::is_available()) {
+    CHECK(cuda::device_count() >= 1);
+    int n = cuda::device_count(); // one past the last device
+    tbtest::check_error([&] { zeros({2}, {kFloat32, cuda_device(n)}); },
+                        {fmt::format("cuda:{}", n)});
+    return;
+  }
+  CHECK(cuda::device_count() == 0);
+  cuda::synchronize(); // a no-op, not an error
+  tbtest::check_error([] { zeros({2, 3}, {kFloat32, kGPU}); }, {"no CUDA device", "cuda:0"});
+  tbtest::check_error([] { randn({2, 3}).to(kGPU); }, {"no CUDA device", "cuda:0"});
+  tbtest::check_error([] { ones({4}).cuda(); }, {"no CUDA device"});
+}
+
+TEST_CASE("device information") {
+  if (no_gpu()) return;
+  CHECK(cuda::device_count() >= 1);
+  CHECK_FALSE(cuda::device_name(0).empty());
+  MESSAGE("running on " << cuda::device_name(0));
+  cuda::synchronize();
+}
+
+TEST_CASE("copies: round trips, strided views, dtype conversion and fill match the CPU") {
+  if (no_gpu()) return;
+  const std::vector<DType> dtypes = {kFloat32, kFloat64, kFloat16, kBFloat16, kInt8,
+                                     kUInt8,   kInt32,   kInt64,   kBool};
+  Tensor base = rnd({5, 7}, kFloat64, 10.0);
+  for (DType t : dtypes) {
+    Tensor x = base.to(t);
+    check_equal(x.to(kGPU).cpu(), x, fmt::format("round trip {}", dtype_name(t)));
+    for (DType u : dtypes) // converted on the device vs on the CPU: identical bits
+      check_equal(x.to(kGPU).to(u).cpu(), x.to(u),
+                  fmt::format("convert {} -> {}", dtype_name(t), dtype_name(u)));
+    check_equal(full({3, 4}, -2.5, {t, kGPU}).cpu(), full({3, 4}, -2.5, {t}),
+                fmt::format("fill {}", dtype_name(t)));
+  }
+  Tensor big = rnd({1 << 20});
+  check_equal(big.to(kGPU).cpu(), big, "1M-element round trip");
+  CHECK(empty({0, 3}, {kFloat32, kGPU}).cpu().numel() == 0);
+
+  // Strided views materialised on the device.
+  Tensor x = rnd({4, 5, 6});
+  Tensor g = x.to(kGPU);
+  check_equal(g.permute({2, 0, 1}).contiguous().cpu(), x.permute({2, 0, 1}).contiguous(), "permute");
+  check_equal(g.slice(2, 1, 6, 2).contiguous().cpu(), x.slice(2, 1, 6, 2).contiguous(), "slice");
+  check_equal(g.narrow(0, 1, 2).transpose(1, 2).contiguous().cpu(),
+              x.narrow(0, 1, 2).transpose(1, 2).contiguous(), "narrow+transpose");
+  check_equal(g.select(1, 3).unsqueeze(0).expand({3, 4, 6}).contiguous().cpu(),
+              x.select(1, 3).unsqueeze(0).expand({3, 4, 6}).contiguous(), "expand");
+  check_equal(g.permute({1, 0, 2}).to(kFloat16).cpu(), x.permute({1, 0, 2}).to(kFloat16),
+              "strided + convert");
+  Tensor img = rnd({2, 3, 4, 5});
+  check_equal(img.to(kGPU).contiguous_channels_last().contiguous().cpu(), img, "channels-last");
+
+  // In-place copy_ and fill_ on the device, and a CPU -> GPU copy_.
+  Tensor dst = zeros({4, 6}, {kFloat64, kGPU});
+  dst.copy_(x.select(1, 0)); // crosses devices, converts float32 -> float64
+  check_equal(dst.cpu(), x.select(1, 0).to(kFloat64), "copy_ across devices");
+  dst.narrow(1, 2, 3).fill_(7.0);
+  Tensor want = x.select(1, 0).to(kFloat64).contiguous();
+  want.narrow(1, 2, 3).fill_(7.0);
+  check_equal(dst.cpu(), want, "fill_ of a strided view");
+}
+
+TEST_CASE("the caching allocator reuses freed CUDA blocks") {
+  if (no_gpu()) return;
+  const size_t n = 3 << 20; // 12 MiB of float32, a size no other test uses
+  { Tensor t = empty({(int64_t)n}, {kFloat32, kGPU}); }
+  MemoryStats s1 = memory_stats(kGPU);
+  {
+    Tensor t = empty({(int64_t)n}, {kFloat32, kGPU});
+    MemoryStats s2 = memory_stats(kGPU);
+    CHECK(s2.cache_hits == s1.cache_hits + 1);
+    CHECK(s2.reserved == s1.reserved);
+    CHECK(s2.in_use >= s1.in_use + n * 4);
+    CHECK(s2.peak >= s2.in_use);
+  }
+  CHECK(memory_stats(kGPU).in_use == s1.in_use);
+  empty_cache(kGPU);
+  MemoryStats s3 = memory_stats(kGPU);
+  CHECK(s3.reserved == s3.in_use);
+  CHECK(memory_stats().reserved >= memory_stats().in_use); // the CPU allocator is separate
+}
+
+TEST_CASE("mixing devices is an error that names both") {
+  if (no_gpu()) return;
+  Tensor a = rnd({2, 3}), b = rnd({2, 3}).to(kGPU);
+  tbtest::check_error([&] { add(a, b); }, {"cpu", "cuda:0"});
+  tbtest::check_error([&] { mul(b, a); }, {"cpu", "cuda:0"});
+  tbtest::check_error([&] { matmul(a, b.t()); }, {"cpu", "cuda:0"});
+}
+
+TEST_CASE("elementwise binary ops and where match the CPU") {
+  if (no_gpu()) return;
+  for (DType t : {kFloat32, kFloat64}) {
+    // Integer-valued halves make some elements equal, so comparisons see ties.
+    Tensor a = div(round(rnd({3, 1, 5}, kFloat64, 4.0)), 2.0).to(t);
+    Tensor b = div(round(rnd({4, 5}, kFloat64, 4.0)), 2.0).to(t);
+    Tensor pos = add(abs(a), 0.5), scalar = full({}, 1.5, {t});
+    std::string d = dtype_name(t);
+    compare("add " + d, [](auto& x) { return add(x[0], x[1], 0.5); }, {a, b});
+    compare("sub " + d, [](auto& x) { return sub(x[0], x[1], 2.0); }, {a, b});
+    compare("mul " + d, [](auto& x) { return mul(x[0], x[1]); }, {a, b});
+    compare("div " + d, [](auto& x) { return div(x[0], x[1]); }, {b, pos});
+    compare("pow " + d, [](auto& x) { return pow(x[0], x[1]); }, {pos, b});
+    compare("maximum " + d, [](auto& x) { return maximum(x[0], x[1]); }, {a, b}, false);
+    compare("minimum " + d, [](auto& x) { return minimum(x[0], x[1]); }, {a, b}, false);
+    compare("scalar ops " + d, [](auto& x) { return rsub(div(mul(add(x[0], 2.0), 3.0), 4.0), 1.0); },
+            {a});
+    compare("0-d operand " + d, [](auto& x) { return mul(x[0], x[1]); }, {a, scalar});
+    compare("where " + d, [](auto& x) { return where(gt(x[0], x[1]), x[0], x[1]); }, {a, b});
+    const std::vector<std::pair<std::string, Fn>> comparisons = {
+        {"eq", [](auto& x) { return eq(x[0], x[1]); }}, {"ne", [](auto& x) { return ne(x[0], x[1]); }},
+        {"lt", [](auto& x) { return lt(x[0], x[1]); }}, {"le", [](auto& x) { return le(x[0], x[1]); }},
+        {"gt", [](auto& x) { return gt(x[0], x[1]); }}, {"ge", [](auto& x) { return ge(x[0], x[1]); }}};
+    for (const auto& [name, fn] : comparisons) compare(name + " " + d, fn, {a, b}, false);
+  }
+  for (DType t : {kInt32, kInt64}) {
+    Tensor a = randint(-50, 50, {6, 7}, {t}), b = randint(-50, 50, {7}, {t});
+    std::string d = dtype_name(t);
+    compare("int add " + d, [](auto& x) { return add(x[0], x[1], 3.0); }, {a, b});
+    compare("int sub " + d, [](auto& x) { return sub(x[0], x[1]); }, {a, b});
+    compare("int mul " + d, [](auto& x) { return mul(x[0], x[1]); }, {a, b});
+    compare("int maximum " + d, [](auto& x) { return maximum(x[0], x[1]); }, {a, b});
+    compare("int minimum " + d, [](auto& x) { return minimum(x[0], x[1]); }, {a, b});
+    compare("int lt " + d, [](auto& x) { return lt(x[0], x[1]); }, {a, b});
+    compare("int eq " + d, [](auto& x) { return eq(x[0], x[1]); }, {a, b});
+  }
+  // NaN propagates through maximum/minimum on both devices.
+  Tensor n = from_vector(std::vector<float>{NAN, 1.f, 2.f}, {3});
+  Tensor m = from_vector(std::vector<float>{0.f, NAN, 1.f}, {3});
+  compare("maximum NaN", [](auto& x) { return maximum(x[0], x[1]); }, {n, m}, false);
+  compare("minimum NaN", [](auto& x) { return minimum(x[0], x[1]); }, {n, m}, false);
+}
+
+TEST_CASE("elementwise unary ops and activations match the CPU, forward and backward") {
+  if (no_gpu()) return;
+  struct Case {
+    const char* name;
+    Tensor (*fn)(const Tensor&);
+    bool positive; // needs x > 0
+  };
+  const std::vector<Case> cases = {
+      {"neg", [](const Tensor& x) { return neg(x); }, false},
+      {"exp", [](const Tensor& x) { return exp(x); }, false},
+      {"log", [](const Tensor& x) { return log(x); }, true},
+      {"sqrt", [](const Tensor& x) { return sqrt(x); }, true},
+      {"rsqrt", [](const Tensor& x) { return rsqrt(x); }, true},
+      {"abs", [](const Tensor& x) { return abs(x); }, false},
+      {"sign", [](const Tensor& x) { return sign(x); }, false},
+      {"square", [](const Tensor& x) { return square(x); }, false},
+      {"reciprocal", [](const Tensor& x) { return reciprocal(x); }, true},
+      {"round", [](const Tensor& x) { return round(x); }, false},
+      {"floor", [](const Tensor& x) { return floor(x); }, false},
+      {"relu", [](const Tensor& x) { return relu(x); }, false},
+      {"relu6", [](const Tensor& x) { return relu6(x); }, false},
+      {"leaky_relu", [](const Tensor& x) { return leaky_relu(x, 0.2); }, false},
+      {"sigmoid", [](const Tensor& x) { return sigmoid(x); }, false},
+      {"tanh", [](const Tensor& x) { return tanh(x); }, false},
+      {"silu", [](const Tensor& x) { return silu(x); }, false},
+      {"hardswish", [](const Tensor& x) { return hardswish(x); }, false},
+      {"hardsigmoid", [](const Tensor& x) { return hardsigmoid(x); }, false},
+      {"gelu", [](const Tensor& x) { return gelu(x); }, false},
+      {"gelu tanh", [](const Tensor& x) { return gelu(x, "tanh"); }, false},
+      {"clamp", [](const Tensor& x) { return clamp(x, -0.5, 0.7); }, false},
+      {"clamp max only", [](const Tensor& x) { return clamp(x, std::nullopt, 0.3); }, false},
+      {"pow 3", [](const Tensor& x) { return pow(x, 3.0); }, false},
+      {"pow 0.5", [](const Tensor& x) { return pow(x, 0.5); }, true},
+  };
+  for (DType t : {kFloat32, kFloat64}) {
+    // Spread over [-6, 6] so every piece of relu6/hardswish is hit; halves test round-half-even.
+    Tensor x = rnd({7, 33}, kFloat64, 3.0).to(t);
+    Tensor halves = from_vector(std::vector<double>{-2.5, -1.5, -0.5, 0.5, 1.5, 2.5}, {6}).to(t);
+    for (const Case& c : cases) {
+      Tensor in = c.positive ? add(abs(x), 0.1) : x;
+      std::string what = std::string(c.name) + " " + dtype_name(t);
+      compare(what, [&](auto& v) { return c.fn(v[0]); }, {in});
+      compare(what + " (halves)", [&](auto& v) { return c.fn(v[0]); }, {c.positive ? abs(halves) : halves});
+    }
+  }
+  // A non-contiguous input (a transposed view) goes through the same kernels after a copy.
+  Tensor x = rnd({8, 5});
+  compare("gelu of a transposed view", [](auto& v) { return gelu(v[0].t()); }, {x});
+}
+
+TEST_CASE("reductions match the CPU, forward and backward") {
+  if (no_gpu()) return;
+  for (DType t : {kFloat32, kFloat64}) {
+    std::string d = dtype_name(t);
+    Tensor x = rnd({4, 6, 5}, t);
+    Tensor wide = rnd({3, 5000}, t);  // one block per row, many elements per thread
+    Tensor tall = rnd({5000, 3}, t);  // one thread per column
+    compare("sum all " + d, [](auto& v) { return sum(v[0]); }, {x});
+    compare("sum dim 1 " + d, [](auto& v) { return sum(v[0], {1}); }, {x});
+    compare("sum dims 0,2 keepdim " + d, [](auto& v) { return sum(v[0], {0, 2}, true); }, {x});
+    compare("sum last " + d, [](auto& v) { return sum(v[0], {-1}); }, {wide});
+    compare("sum first " + d, [](auto& v) { return sum(v[0], {0}); }, {tall});
+    compare("mean " + d, [](auto& v) { return mean(v[0], {2}); }, {x});
+    compare("mean all wide " + d, [](auto& v) { return mean(v[0]); }, {wide});
+    compare("var " + d, [](auto& v) { return var(v[0], {1}); }, {x});
+    compare("var correction 0 " + d, [](auto& v) { return var(v[0], {-1}, 0, true); }, {wide});
+    compare("var tall " + d, [](auto& v) { return var(v[0], {0}); }, {tall});
+    compare("norm " + d, [](auto& v) { return norm(v[0]); }, {x});
+    compare("max all " + d, [](auto& v) { return max(v[0]); }, {wide}, false);
+    compare("min all " + d, [](auto& v) { return min(v[0]); }, {x}, false);
+    // Ties (few distinct values) must give the FIRST index on both devices.
+    Tensor ties = randint(0, 3, {6, 300}, {kInt64}).to(t);
+    Tensor ties_t = randint(0, 3, {300, 6}, {kInt64}).to(t);
+    for (const Tensor& v : {ties, ties_t, x}) {
+      for (int64_t dim : {0, 1}) {
+        auto mx_c = max(v, dim), mx_g = max(v.to(kGPU), dim);
+        check_equal(mx_g.values.cpu(), mx_c.values, "max values " + d);
+        check_equal(mx_g.indices.cpu(), mx_c.indices, "max indices " + d);
+        auto mn_c = min(v, dim, true), mn_g = min(v.to(kGPU), dim, true);
+        check_equal(mn_g.values.cpu(), mn_c.values, "min values " + d);
+        check_equal(mn_g.indices.cpu(), mn_c.indices, "min indices " + d);
+        check_equal(argmax(v.to(kGPU), dim).cpu(), argmax(v, dim), "argmax " + d);
+        check_equal(argmin(v.to(kGPU), dim).cpu(), argmin(v, dim), "argmin " + d);
+      }
+    }
+    compare("max(dim) backward " + d, [](auto& v) { return max(v[0], 1).values; }, {x});
+    compare("min(dim) backward " + d, [](auto& v) { return min(v[0], 0, true).values; }, {x});
+  }
+  Tensor ints = randint(-1000, 1000, {7, 9}, {kInt64});
+  compare("int64 sum", [](auto& v) { return sum(v[0], {1}); }, {ints}, false);
+  compare("int64 max", [](auto& v) { return max(v[0], 0).values; }, {ints}, false);
+  Tensor nan_row = from_vector(std::vector<float>{1.f, NAN, 3.f, NAN}, {1, 4});
+  compare("max with NaN", [](auto& v) { return max(v[0], 1).indices; }, {nan_row}, false);
+}
+
+TEST_CASE("softmax, log_softmax and the losses match the CPU, forward and backward") {
+  if (no_gpu()) return;
+  for (DType t : {kFloat32, kFloat64}) {
+    std::string d = dtype_name(t);
+    Tensor x = rnd({4, 6, 5}, t, 3.0);
+    Tensor rows = rnd({3, 3000}, t, 3.0);
+    compare("softmax last " + d, [](auto& v) { return softmax(v[0], -1); }, {x});
+    compare("softmax middle " + d, [](auto& v) { return softmax(v[0], 1); }, {x});
+    compare("log_softmax last " + d, [](auto& v) { return log_softmax(v[0], -1); }, {x});
+    compare("log_softmax first " + d, [](auto& v) { return log_softmax(v[0], 0); }, {x});
+    compare("softmax long rows " + d, [](auto& v) { return softmax(v[0], 1); }, {rows});
+    compare("log_softmax long rows " + d, [](auto& v) { return log_softmax(v[0], 1); }, {rows});
+
+    Tensor logits = rnd({16, 10}, t, 2.0);
+    Tensor target = randint(0, 10, {16}, {kInt64});
+    Tensor ignored = target.clone();
+    ignored.narrow(0, 3, 4).fill_(-100);
+    for (std::string red : {"mean", "sum", "none"}) {
+      compare("cross_entropy " + red + " " + d,
+              [red](auto& v) { return cross_entropy(v[0], v[1], 0.0, red); }, {logits, target});
+      compare("cross_entropy smoothed+ignored " + red + " " + d,
+              [red](auto& v) { return cross_entropy(v[0], v[1], 0.1, red); }, {logits, ignored});
+      compare("nll_loss " + red + " " + d,
+              [red](auto& v) { return nll_loss(log_softmax(v[0], 1), v[1], red); },
+              {logits, ignored});
+      compare("mse_loss " + red + " " + d, [red](auto& v) { return mse_loss(v[0], v[1], red); },
+              {logits, rnd({16, 10}, t)});
+    }
+    Tensor wide_logits = rnd({5, 2000}, t, 2.0);
+    Tensor wide_target = randint(0, 2000, {5}, {kInt64});
+    compare("cross_entropy 2000 classes " + d,
+            [](auto& v) { return cross_entropy(v[0], v[1], 0.05); }, {wide_logits, wide_target});
+  }
+}
+
+TEST_CASE("matmul and linear (cuBLAS) match the CPU, forward and backward") {
+  if (no_gpu()) return;
+  for (DType t : {kFloat32, kFloat64}) {
+    std::string d = dtype_name(t);
+    compare("2-D " + d, [](auto& v) { return matmul(v[0], v[1]); }, {rnd({7, 5}, t), rnd({5, 9}, t)});
+    compare("transposed views " + d, [](auto& v) { return matmul(v[0].t(), v[1].t()); },
+            {rnd({5, 7}, t), rnd({9, 5}, t)});
+    compare("batched " + d, [](auto& v) { return matmul(v[0], v[1]); },
+            {rnd({2, 3, 4, 5}, t), rnd({5, 6}, t)});
+    compare("broadcast batch " + d, [](auto& v) { return matmul(v[0], v[1]); },
+            {rnd({3, 1, 4, 5}, t), rnd({2, 5, 6}, t)});
+    compare("dot " + d, [](auto& v) { return matmul(v[0], v[1]); }, {rnd({11}, t), rnd({11}, t)});
+    compare("matrix-vector " + d, [](auto& v) { return matmul(v[0], v[1]); },
+            {rnd({4, 11}, t), rnd({11}, t)});
+    compare("vector-matrix " + d, [](auto& v) { return matmul(v[0], v[1]); },
+            {rnd({11}, t), rnd({11, 3}, t)});
+    compare("large " + d, [](auto& v) { return matmul(v[0], v[1]); },
+            {rnd({130, 257}, t), rnd({257, 65}, t)});
+    compare("linear " + d, [](auto& v) { return linear(v[0], v[1], v[2]); },
+            {rnd({8, 5}, t), rnd({3, 5}, t), rnd({3}, t)});
+    compare("linear 3-D input, no bias " + d, [](auto& v) { return linear(v[0], v[1]); },
+            {rnd({2, 8, 5}, t), rnd({3, 5}, t)});
+  }
+}
+
+TEST_CASE("an MLP's loss and gradients agree on CPU and GPU") {
+  if (no_gpu()) return;
+  Generator g(3);
+  for (DType t : {kFloat32, kFloat64}) {
+    Tensor x = randn({32, 10}, {t}, &g), y = randint(0, 4, {32}, {kInt64}, &g);
+    Tensor w1 = mul(randn({16, 10}, {t}, &g), 0.3), b1 = mul(randn({16}, {t}, &g), 0.1);
+    Tensor w2 = mul(randn({4, 16}, {t}, &g), 0.3), b2 = mul(randn({4}, {t}, &g), 0.1);
+    compare(std::string("mlp ") + dtype_name(t),
+            [](auto& v) {
+              Tensor h = gelu(linear(v[0], v[2], v[3]));
+              return cross_entropy(linear(h, v[4], v[5]), v[1], 0.1);
+            },
+            {x, y, w1, b1, w2, b2});
+  }
+}
+
+TEST_CASE("a tiny MLP trains on CUDA: the loss falls") {
+  if (no_gpu()) return;
+  Generator g(11);
+  // Four Gaussian blobs in 2-D, one class each.
+  Tensor y = randint(0, 4, {256}, {kInt64}, &g);
+  Tensor centers = from_vector(std::vector<float>{2, 2, -2, 2, -2, -2, 2, -2}, {4, 2});
+  Tensor x = add(index_select(centers, 0, y), mul(randn({256, 2}, {}, &g), 0.5)).to(kGPU);
+  y = y.to(kGPU);
+  std::vector<Tensor> params = {mul(randn({32, 2}, {}, &g), 0.5), zeros({32}),
+                                mul(randn({4, 32}, {}, &g), 0.2), zeros({4})};
+  for (Tensor& p : params) {
+    p = p.to(kGPU);
+    p.requires_grad_(true);
+  }
+  double first = 0, last = 0;
+  for (int step = 0; step < 100; step++) {
+    Tensor h = relu(linear(x, params[0], params[1]));
+    Tensor loss = cross_entropy(linear(h, params[2], params[3]), y);
+    loss.backward();
+    double l = loss.item();
+    if (step == 0) first = l;
+    last = l;
+    no_grad ng;
+    for (Tensor& p : params) {
+      p.add_(p.grad(), -0.5);
+      p.grad().zero_();
+    }
+  }
+  MESSAGE("cuda training loss " << first << " -> " << last);
+  CHECK(last < 0.3 * first);
+  CHECK(params[0].device() == kGPU);
+}
+
+} // TEST_SUITE

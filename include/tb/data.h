@@ -293,9 +293,14 @@ class DataLoader {
   struct Epoch; // the live iteration: order, worker threads, finished batches
   bool next_batch(Batch& out);
   void stop_epoch();
+  Batch collate_uint8(const UInt8Images& im, const std::vector<int64_t>& indices) const;
 
   std::shared_ptr<const Dataset> dataset_;
   DataLoaderOptions opts_;
+  // Fast path: a uint8 in-memory data set whose transform is [ToTensor, Normalize...] (or empty):
+  // batches are collated straight from the bytes, with these normalisations.
+  bool fast_uint8_ = false;
+  std::vector<Normalize> fast_norms_;
   int64_t epoch_ = 0;
   std::unique_ptr<Epoch> live_;
 };

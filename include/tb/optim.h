@@ -135,6 +135,7 @@ class LRScheduler {
   void step();
   std::vector<double> get_lr() const;
   int64_t last_epoch() const { return last_epoch_; }
+  const Optimizer& optimizer() const { return opt_; }
   // The lr of a group whose initial lr is `base_lr`, after `epoch` steps.
   virtual double lr_at(int64_t epoch, double base_lr) const = 0;
   // "last_epoch" (int64 scalar) and "base_lrs" (float64 [groups]), for checkpoints.

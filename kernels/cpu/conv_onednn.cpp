@@ -1,9 +1,11 @@
 // kernels/cpu/conv_onednn.cpp — 2-D convolution on oneDNN (float32), forward, backward-data and
 // backward-weights, with primitives cached per geometry (see onednn_common.h for why).
 //
-// Layouts: activations are described to oneDNN with their actual strides (channels-last NHWC is
-// what the op layer produces and what oneDNN's fast brgconv/jit kernels want; NCHW works too,
-// through a slower implementation). Weights are the user's OIHW (goihw with groups: the same
+// Layouts: every primitive runs on channels-last (NHWC) activations, the layout the op layer
+// produces and the one oneDNN's fast brgconv/jit kernels want. Measured here: NCHW on both sides
+// falls back to oneDNN's gemm path, and mixed NCHW/NHWC to its naive reference loops (ref:any),
+// so a user activation in any other layout goes through a cached reorder into an NHWC temporary
+// (and an NCHW gradient comes back through one) instead. Weights are the user's OIHW (goihw with groups: the same
 // bytes seen as [G, O/G, C/G, KH, KW]); each primitive is created with weights format `any` so
 // oneDNN picks its blocked layout, and a cached reorder converts user weights into it (forward,
 // backward-data) or its weight gradient back to OIHW (backward-weights). Weights are small next
@@ -20,8 +22,12 @@ namespace {
 using dnnl::memory;
 namespace on = onednn;
 
+// A user activation with its own strides, and the NHWC layout the primitives run on.
 memory::desc act_md(int64_t N, int64_t C, int64_t H, int64_t W, Strides4 s) {
   return memory::desc({N, C, H, W}, memory::data_type::f32, memory::dims{s.n, s.c, s.h, s.w});
+}
+memory::desc nhwc_md(int64_t N, int64_t C, int64_t H, int64_t W) {
+  return act_md(N, C, H, W, nhwc_strides(C, H, W));
 }
 
 // The user's OIHW weights, or [G, O/G, C/G, KH, KW] with groups; `tag` is plain or `any`.
@@ -69,20 +75,20 @@ on::Key make_key(Which which, const Conv2dGeom& g, Strides4 a, Strides4 b, bool 
 
 struct ForwardEntry {
   dnnl::convolution_forward prim;
-  memory::desc src, dst, bias, scratchpad;
-  on::Reorder weights; // user OIHW -> primitive's layout
+  memory::desc bias, scratchpad;
+  on::Reorder src, weights, dst; // user x -> NHWC, user OIHW -> primitive's, NHWC -> user y
 };
 
 struct BackwardDataEntry {
   dnnl::convolution_backward_data prim;
-  memory::desc diff_dst, diff_src, scratchpad;
-  on::Reorder weights; // user OIHW -> primitive's layout
+  memory::desc scratchpad;
+  on::Reorder diff_dst, weights, diff_src; // user dy -> NHWC, OIHW -> primitive's, NHWC -> dx
 };
 
 struct BackwardWeightsEntry {
   dnnl::convolution_backward_weights prim;
-  memory::desc src, diff_dst, diff_weights, diff_bias, scratchpad;
-  on::Reorder diff_weights_out; // primitive's layout -> user OIHW
+  memory::desc diff_bias, scratchpad;
+  on::Reorder src, diff_dst, diff_weights; // user x, dy -> NHWC; primitive's -> user OIHW dw
 };
 
 void* mut(const void* p) { return const_cast<void*>(p); } // oneDNN memories take void*
@@ -95,19 +101,22 @@ void cpu_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides
   TB_CHECK(dtype == kFloat32, "cpu_conv2d_forward: no kernel for dtype {}", dtype);
   static on::Cache<ForwardEntry> cache;
   const ForwardEntry& e = cache.get(make_key(kForward, g, xs, ys, b != nullptr), [&] {
-    memory::desc src = act_md(g.N, g.C, g.H, g.W, xs), dst = act_md(g.N, g.O, g.OH, g.OW, ys);
+    memory::desc src = nhwc_md(g.N, g.C, g.H, g.W), dst = nhwc_md(g.N, g.O, g.OH, g.OW);
     auto pd = forward_pd(g, src, dst, b != nullptr);
     on::count_primitive_created();
-    return ForwardEntry{dnnl::convolution_forward(pd), src, dst, bias_md(g, b != nullptr),
-                        pd.scratchpad_desc(), on::Reorder(weights_md(g, false), pd.weights_desc())};
+    return ForwardEntry{dnnl::convolution_forward(pd), bias_md(g, b != nullptr),
+                        pd.scratchpad_desc(), on::Reorder(act_md(g.N, g.C, g.H, g.W, xs), src),
+                        on::Reorder(weights_md(g, false), pd.weights_desc()),
+                        on::Reorder(dst, act_md(g.N, g.O, g.OH, g.OW, ys))};
   });
-  std::optional<on::Buffer> w_tmp;
-  std::unordered_map<int, memory> args{
-      {DNNL_ARG_SRC, memory(e.src, on::engine(), mut(x))},
-      {DNNL_ARG_WEIGHTS, e.weights.apply(w, w_tmp)},
-      {DNNL_ARG_DST, memory(e.dst, on::engine(), y)}};
+  std::optional<on::Buffer> x_tmp, w_tmp, y_tmp;
+  memory y_mem = e.dst.output(y, y_tmp);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, e.src.input(x, x_tmp)},
+                                       {DNNL_ARG_WEIGHTS, e.weights.input(w, w_tmp)},
+                                       {DNNL_ARG_DST, y_mem}};
   if (b) args[DNNL_ARG_BIAS] = memory(e.bias, on::engine(), mut(b));
   on::execute(e.prim, e.scratchpad, std::move(args));
+  e.dst.commit(y_mem, y);
 }
 
 void cpu_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, Strides4 dys,
@@ -116,8 +125,7 @@ void cpu_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, 
   TB_CHECK(dtype == kFloat32, "cpu_conv2d_backward_data: no kernel for dtype {}", dtype);
   static on::Cache<BackwardDataEntry> cache;
   const BackwardDataEntry& e = cache.get(make_key(kBackwardData, g, dxs, dys, false), [&] {
-    memory::desc diff_src = act_md(g.N, g.C, g.H, g.W, dxs);
-    memory::desc diff_dst = act_md(g.N, g.O, g.OH, g.OW, dys);
+    memory::desc diff_src = nhwc_md(g.N, g.C, g.H, g.W), diff_dst = nhwc_md(g.N, g.O, g.OH, g.OW);
     ConvDims d(g);
     dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, diff_src,
                                                weights_md(g, true), diff_dst, d.strides,
@@ -126,15 +134,18 @@ void cpu_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, 
     dnnl::convolution_backward_data::primitive_desc pd(desc, on::scratchpad_attr(), on::engine(),
                                                        hint);
     on::count_primitive_created();
-    return BackwardDataEntry{dnnl::convolution_backward_data(pd), diff_dst, diff_src,
-                             pd.scratchpad_desc(),
-                             on::Reorder(weights_md(g, false), pd.weights_desc())};
+    return BackwardDataEntry{dnnl::convolution_backward_data(pd), pd.scratchpad_desc(),
+                             on::Reorder(act_md(g.N, g.O, g.OH, g.OW, dys), diff_dst),
+                             on::Reorder(weights_md(g, false), pd.weights_desc()),
+                             on::Reorder(diff_src, act_md(g.N, g.C, g.H, g.W, dxs))};
   });
-  std::optional<on::Buffer> w_tmp;
+  std::optional<on::Buffer> dy_tmp, w_tmp, dx_tmp;
+  memory dx_mem = e.diff_src.output(dx, dx_tmp);
   on::execute(e.prim, e.scratchpad,
-              {{DNNL_ARG_DIFF_DST, memory(e.diff_dst, on::engine(), mut(dy))},
-               {DNNL_ARG_WEIGHTS, e.weights.apply(w, w_tmp)},
-               {DNNL_ARG_DIFF_SRC, memory(e.diff_src, on::engine(), dx)}});
+              {{DNNL_ARG_DIFF_DST, e.diff_dst.input(dy, dy_tmp)},
+               {DNNL_ARG_WEIGHTS, e.weights.input(w, w_tmp)},
+               {DNNL_ARG_DIFF_SRC, dx_mem}});
+  e.diff_src.commit(dx_mem, dx);
 }
 
 void cpu_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
@@ -142,34 +153,31 @@ void cpu_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x
   if (dtype == kFloat64) return ref_conv2d_backward_weights(dtype, g, x, xs, dy, dys, dw, db);
   TB_CHECK(dtype == kFloat32, "cpu_conv2d_backward_weights: no kernel for dtype {}", dtype);
   static on::Cache<BackwardWeightsEntry> cache;
-  const BackwardWeightsEntry& e =
-      cache.get(make_key(kBackwardWeights, g, xs, dys, db != nullptr), [&] {
-        memory::desc src = act_md(g.N, g.C, g.H, g.W, xs);
-        memory::desc diff_dst = act_md(g.N, g.O, g.OH, g.OW, dys);
-        ConvDims d(g);
-        dnnl::convolution_backward_weights::desc desc(
-            dnnl::algorithm::convolution_direct, src, weights_md(g, true), bias_md(g, db != nullptr),
-            diff_dst, d.strides, d.dilates, d.pad, d.pad);
-        auto hint = forward_pd(g, src, diff_dst, db != nullptr);
-        dnnl::convolution_backward_weights::primitive_desc pd(desc, on::scratchpad_attr(),
-                                                              on::engine(), hint);
-        on::count_primitive_created();
-        return BackwardWeightsEntry{dnnl::convolution_backward_weights(pd), src, diff_dst,
-                                    pd.diff_weights_desc(), bias_md(g, db != nullptr),
-                                    pd.scratchpad_desc(),
-                                    on::Reorder(pd.diff_weights_desc(), weights_md(g, false))};
-      });
-  // The weight gradient lands in the user buffer directly when the layouts agree, else in a
-  // temporary in the primitive's layout that is reordered to OIHW afterwards.
-  std::optional<on::Buffer> dw_tmp;
-  if (e.diff_weights_out.needed) dw_tmp.emplace(e.diff_weights.get_size());
-  memory dw_mem(e.diff_weights, on::engine(), dw_tmp ? dw_tmp->data() : dw);
-  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(e.src, on::engine(), mut(x))},
-                                       {DNNL_ARG_DIFF_DST, memory(e.diff_dst, on::engine(), mut(dy))},
+  bool with_bias = db != nullptr;
+  const BackwardWeightsEntry& e = cache.get(make_key(kBackwardWeights, g, xs, dys, with_bias), [&] {
+    memory::desc src = nhwc_md(g.N, g.C, g.H, g.W), diff_dst = nhwc_md(g.N, g.O, g.OH, g.OW);
+    ConvDims d(g);
+    dnnl::convolution_backward_weights::desc desc(
+        dnnl::algorithm::convolution_direct, src, weights_md(g, true), bias_md(g, with_bias),
+        diff_dst, d.strides, d.dilates, d.pad, d.pad);
+    auto hint = forward_pd(g, src, diff_dst, with_bias);
+    dnnl::convolution_backward_weights::primitive_desc pd(desc, on::scratchpad_attr(),
+                                                          on::engine(), hint);
+    on::count_primitive_created();
+    return BackwardWeightsEntry{dnnl::convolution_backward_weights(pd), bias_md(g, with_bias),
+                                pd.scratchpad_desc(),
+                                on::Reorder(act_md(g.N, g.C, g.H, g.W, xs), src),
+                                on::Reorder(act_md(g.N, g.O, g.OH, g.OW, dys), diff_dst),
+                                on::Reorder(pd.diff_weights_desc(), weights_md(g, false))};
+  });
+  std::optional<on::Buffer> x_tmp, dy_tmp, dw_tmp;
+  memory dw_mem = e.diff_weights.output(dw, dw_tmp);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, e.src.input(x, x_tmp)},
+                                       {DNNL_ARG_DIFF_DST, e.diff_dst.input(dy, dy_tmp)},
                                        {DNNL_ARG_DIFF_WEIGHTS, dw_mem}};
   if (db) args[DNNL_ARG_DIFF_BIAS] = memory(e.diff_bias, on::engine(), db);
   on::execute(e.prim, e.scratchpad, std::move(args));
-  if (e.diff_weights_out.needed) e.diff_weights_out.run(dw_mem, dw);
+  e.diff_weights.commit(dw_mem, dw);
 }
 
 } // namespace tb::kernels

@@ -59,19 +59,24 @@ Reorder::Reorder(const dnnl::memory::desc& from_, const dnnl::memory::desc& to_)
   count_primitive_created();
 }
 
-dnnl::memory Reorder::apply(const void* src, std::optional<Buffer>& tmp) const {
-  dnnl::memory src_mem(from, engine(), const_cast<void*>(src));
-  if (!needed) return src_mem;
+dnnl::memory Reorder::input(const void* user, std::optional<Buffer>& tmp) const {
+  dnnl::memory user_mem(from, engine(), const_cast<void*>(user));
+  if (!needed) return user_mem;
   tmp.emplace(to.get_size());
-  dnnl::memory dst_mem = tmp->memory(to);
-  execute(prim, scratchpad_md, {{DNNL_ARG_FROM, src_mem}, {DNNL_ARG_TO, dst_mem}});
-  return dst_mem;
+  dnnl::memory mem = tmp->memory(to);
+  execute(prim, scratchpad_md, {{DNNL_ARG_FROM, user_mem}, {DNNL_ARG_TO, mem}});
+  return mem;
 }
 
-void Reorder::run(const dnnl::memory& src, void* dst) const {
-  TB_CHECK(needed, "onednn: Reorder::run on equal layouts");
-  dnnl::memory dst_mem(to, engine(), dst);
-  execute(prim, scratchpad_md, {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst_mem}});
+dnnl::memory Reorder::output(void* user, std::optional<Buffer>& tmp) const {
+  if (!needed) return dnnl::memory(from, engine(), user);
+  tmp.emplace(from.get_size());
+  return tmp->memory(from);
+}
+
+void Reorder::commit(const dnnl::memory& written, void* user) const {
+  if (!needed) return;
+  execute(prim, scratchpad_md, {{DNNL_ARG_FROM, written}, {DNNL_ARG_TO, dnnl::memory(to, engine(), user)}});
 }
 
 static std::atomic<int64_t> g_created{0};

@@ -46,19 +46,22 @@ class Buffer {
 void execute(const dnnl::primitive& prim, const dnnl::memory::desc& scratchpad_md,
              std::unordered_map<int, dnnl::memory> args);
 
-// A reorder between two fixed layouts (user OIHW weights <-> the layout a conv primitive chose),
-// built once next to the primitive that needs it; a no-op when the layouts are equal.
+// A reorder between two fixed layouts (a user's activation or OIHW weights <-> the layout a
+// primitive runs in), built once next to the primitive that needs it; a no-op when the layouts
+// are equal. Temporaries come from tb's caching allocator and live in `tmp`, which must outlive
+// the returned memory.
 struct Reorder {
   Reorder() = default;
   Reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to);
   bool needed = false;
   dnnl::memory::desc from, to, scratchpad_md;
   dnnl::reorder prim;
-  // The data at `src` (layout `from`) seen in layout `to`: `src` itself when no reorder is
-  // needed, else a reordered copy in `tmp` (which must outlive the result).
-  dnnl::memory apply(const void* src, std::optional<Buffer>& tmp) const;
-  // Writes memory `src` (layout `from`) into the user buffer `dst` (layout `to`).
-  void run(const dnnl::memory& src, void* dst) const;
+  // An input: the data at `user` (layout `from`) seen in layout `to`.
+  dnnl::memory input(const void* user, std::optional<Buffer>& tmp) const;
+  // An output: where the primitive should write (layout `from`): `user` itself when no reorder
+  // is needed, else a temporary that commit() then copies to `user` (layout `to`).
+  dnnl::memory output(void* user, std::optional<Buffer>& tmp) const;
+  void commit(const dnnl::memory& written, void* user) const;
 };
 
 // Primitive cache: key = a flat list of integers that fully determine the primitive.

@@ -16,8 +16,8 @@ bool Tensor::requires_grad() const {
 }
 
 Tensor& Tensor::requires_grad_(bool r) {
-  TB_CHECK(is_leaf() || !r || requires_grad(),
-           "requires_grad_: only leaf tensors can be set to require grad (this one comes from '{}')",
+  TB_CHECK(is_leaf() || r,
+           "requires_grad_: only leaf tensors can change requires_grad (this one comes from '{}')",
            grad_fn() ? grad_fn()->name : "?");
   TB_CHECK(!r || is_floating(dtype()),
            "requires_grad_: only floating-point tensors can require grad, got {} (shape {})",

@@ -121,10 +121,10 @@ struct JValue {
 
 const char* kind_name(JValue::Kind k) {
   switch (k) {
-    case JValue::Object: return "object";
-    case JValue::Array: return "array";
-    case JValue::String: return "string";
-    case JValue::Integer: return "integer";
+    case JValue::Object: return "an object";
+    case JValue::Array: return "an array";
+    case JValue::String: return "a string";
+    case JValue::Integer: return "an integer";
   }
   return "?";
 }
@@ -481,7 +481,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
   const int64_t data_size = file_size - 8 - (int64_t)header_len;
 
   JValue root = JsonParser(path, header.data(), header.size()).parse_document();
-  TB_CHECK(root.kind == JValue::Object, "load_safetensors: '{}': header is a JSON {}, expected an "
+  TB_CHECK(root.kind == JValue::Object, "load_safetensors: '{}': header is {}, expected a JSON "
            "object", path, kind_name(root.kind));
 
   struct Info {
@@ -494,16 +494,16 @@ SafetensorsFile load_safetensors(const std::string& path) {
   SafetensorsFile out;
   for (auto& [name, v] : root.obj) {
     if (name == "__metadata__") {
-      TB_CHECK(v.kind == JValue::Object, "load_safetensors: '{}': __metadata__ is a {}, expected "
+      TB_CHECK(v.kind == JValue::Object, "load_safetensors: '{}': __metadata__ is {}, expected "
                "an object of strings", path, kind_name(v.kind));
       for (auto& [k, s] : v.obj) {
         TB_CHECK(s.kind == JValue::String, "load_safetensors: '{}': __metadata__ value of '{}' is "
-                 "a {}, expected a string", path, k, kind_name(s.kind));
+                 "{}, expected a string", path, k, kind_name(s.kind));
         out.metadata[k] = s.str;
       }
       continue;
     }
-    TB_CHECK(v.kind == JValue::Object, "load_safetensors: '{}': entry '{}' is a {}, expected an "
+    TB_CHECK(v.kind == JValue::Object, "load_safetensors: '{}': entry '{}' is {}, expected an "
              "object with dtype, shape and data_offsets", path, name, kind_name(v.kind));
     const JValue *dtype = nullptr, *shape = nullptr, *offsets = nullptr;
     for (auto& [k, f] : v.obj) {
@@ -515,13 +515,13 @@ SafetensorsFile load_safetensors(const std::string& path) {
     }
     TB_CHECK(dtype && shape && offsets, "load_safetensors: '{}': tensor '{}' lacks {}", path, name,
              !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
-    TB_CHECK(dtype->kind == JValue::String, "load_safetensors: '{}': tensor '{}': dtype is a {}, "
+    TB_CHECK(dtype->kind == JValue::String, "load_safetensors: '{}': tensor '{}': dtype is {}, "
              "expected a string", path, name, kind_name(dtype->kind));
     Info info{&name, kFloat32, {}, 0, 0};
     TB_CHECK(dtype_from_name(dtype->str, info.dtype), "load_safetensors: '{}': tensor '{}' has "
              "unsupported dtype '{}' (expected F64, F32, F16, BF16, I64, I32, I8, U8 or BOOL)",
              path, name, dtype->str);
-    TB_CHECK(shape->kind == JValue::Array, "load_safetensors: '{}': tensor '{}': shape is a {}, "
+    TB_CHECK(shape->kind == JValue::Array, "load_safetensors: '{}': tensor '{}': shape is {}, "
              "expected an array", path, name, kind_name(shape->kind));
     int64_t nbytes = (int64_t)dtype_size(info.dtype);
     for (auto& d : shape->arr) {

@@ -1,1 +1,487 @@
-// placeholder: being written
+// nn::Module: named parameters / buffers / children in insertion order, hooks, train/eval,
+// to(device/dtype) by swapping data inside the same TensorImpl, state_dict and its loading.
+#include <tb/nn.h>
+
+#include <algorithm>
+#include <unordered_set>
+
+namespace tb::nn {
+
+// ---------------------------------------------------------------------------------------------
+// Hooks
+
+void HookHandle::remove() {
+  auto lists = lists_.lock();
+  if (!lists) return;
+  if (pre_) {
+    auto& v = lists->pre;
+    v.erase(std::remove_if(v.begin(), v.end(), [&](auto& h) { return h.first == id_; }), v.end());
+  } else {
+    auto& v = lists->post;
+    v.erase(std::remove_if(v.begin(), v.end(), [&](auto& h) { return h.first == id_; }), v.end());
+  }
+  lists_.reset();
+}
+
+bool HookHandle::active() const {
+  auto lists = lists_.lock();
+  if (!lists) return false;
+  if (pre_) {
+    for (auto& h : lists->pre) if (h.first == id_) return true;
+  } else {
+    for (auto& h : lists->post) if (h.first == id_) return true;
+  }
+  return false;
+}
+
+Module::Module() : hooks_(std::make_shared<detail::HookLists>()) {}
+
+HookHandle Module::add_pre_hook(ForwardPreHook fn) {
+  TB_CHECK(fn, "{}::register_forward_pre_hook: empty function", type_name());
+  int id = hooks_->next_id++;
+  hooks_->pre.emplace_back(id, std::move(fn));
+  return HookHandle(hooks_, id, true);
+}
+
+HookHandle Module::add_hook(ForwardHook fn) {
+  TB_CHECK(fn, "{}::register_forward_hook: empty function", type_name());
+  int id = hooks_->next_id++;
+  hooks_->post.emplace_back(id, std::move(fn));
+  return HookHandle(hooks_, id, false);
+}
+
+Tensor Module::forward(const Tensor&) {
+  throw Error(fmt::format("{}: this module has no forward (override Module::forward)",
+                          type_name()));
+}
+
+Tensor Module::operator()(const Tensor& x) {
+  Tensor in = x;
+  if (!hooks_->pre.empty()) {
+    auto pre = hooks_->pre; // a copy: hooks may remove themselves while running
+    for (auto& [id, fn] : pre) {
+      Tensor r = fn(*this, in);
+      if (r.defined()) in = r;
+    }
+  }
+  Tensor out = forward(in);
+  if (!hooks_->post.empty()) {
+    auto post = hooks_->post;
+    for (auto& [id, fn] : post) {
+      Tensor r = fn(*this, in, out);
+      if (r.defined()) out = r;
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration and lookup
+
+namespace {
+using Entries = std::vector<std::pair<std::string, Tensor>>;
+
+Entries::iterator find_entry(Entries& v, const std::string& name) {
+  return std::find_if(v.begin(), v.end(), [&](auto& e) { return e.first == name; });
+}
+Entries::const_iterator find_entry(const Entries& v, const std::string& name) {
+  return std::find_if(v.begin(), v.end(), [&](auto& e) { return e.first == name; });
+}
+} // namespace
+
+void Module::check_new_name(const char* what, const std::string& name) const {
+  TB_CHECK(!name.empty(), "{}::{}: empty name", type_name(), what);
+  TB_CHECK(name.find('.') == std::string::npos, "{}::{}: name '{}' must not contain '.'",
+           type_name(), what, name);
+  bool taken = find_entry(params_, name) != params_.end() ||
+               find_entry(buffers_, name) != buffers_.end() ||
+               find_entry(attrs_, name) != attrs_.end() ||
+               std::any_of(children_.begin(), children_.end(),
+                           [&](auto& c) { return c.first == name; });
+  TB_CHECK(!taken, "{}::{}: '{}' already exists in this module", type_name(), what, name);
+}
+
+Tensor Module::register_parameter(const std::string& name, const Tensor& t) {
+  check_new_name("register_parameter", name);
+  TB_CHECK(t.defined(), "{}::register_parameter: '{}' is undefined", type_name(), name);
+  TB_CHECK(t.is_leaf(), "{}::register_parameter: '{}' has autograd history (grad_fn {}); "
+           "parameters must be leaves (use detach())", type_name(), name,
+           t.grad_fn() ? t.grad_fn()->name : "?");
+  TB_CHECK(is_floating(t.dtype()), "{}::register_parameter: '{}' has dtype {}; only floating "
+           "tensors can require gradients", type_name(), name, t.dtype());
+  Tensor p = t;
+  p.requires_grad_(true);
+  params_.emplace_back(name, p);
+  return p;
+}
+
+Tensor Module::register_buffer(const std::string& name, const Tensor& t, bool persistent) {
+  check_new_name("register_buffer", name);
+  TB_CHECK(t.defined(), "{}::register_buffer: '{}' is undefined", type_name(), name);
+  buffers_.emplace_back(name, t);
+  if (!persistent) non_persistent_.push_back(name);
+  return t;
+}
+
+void Module::register_child(const std::string& name, ModulePtr m) {
+  check_new_name("register_module", name);
+  TB_CHECK(m != nullptr, "{}::register_module: '{}' is null", type_name(), name);
+  TB_CHECK(m.get() != this, "{}::register_module: a module cannot be its own child", type_name());
+  children_.emplace_back(name, std::move(m));
+}
+
+Tensor Module::remove_parameter(const std::string& name) {
+  auto it = find_entry(params_, name);
+  TB_CHECK(it != params_.end(), "{}::remove_parameter: no parameter '{}'", type_name(), name);
+  Tensor t = it->second;
+  params_.erase(it);
+  return t;
+}
+
+Tensor Module::remove_buffer(const std::string& name) {
+  auto it = find_entry(buffers_, name);
+  TB_CHECK(it != buffers_.end(), "{}::remove_buffer: no buffer '{}'", type_name(), name);
+  Tensor t = it->second;
+  buffers_.erase(it);
+  non_persistent_.erase(std::remove(non_persistent_.begin(), non_persistent_.end(), name),
+                        non_persistent_.end());
+  return t;
+}
+
+void Module::set_tensor(const std::string& name, const Tensor& t) {
+  TB_CHECK(find_entry(params_, name) == params_.end(), "{}::set_tensor: '{}' is a parameter; "
+           "remove_parameter() it first or copy_ into it", type_name(), name);
+  if (auto it = find_entry(buffers_, name); it != buffers_.end()) {
+    it->second = t;
+    return;
+  }
+  if (auto it = find_entry(attrs_, name); it != attrs_.end()) {
+    it->second = t;
+    return;
+  }
+  check_new_name("set_tensor", name);
+  attrs_.emplace_back(name, t);
+}
+
+void Module::set_module(const std::string& name, ModulePtr m) {
+  TB_CHECK(m != nullptr, "{}::set_module: '{}' is null", type_name(), name);
+  for (auto& c : children_)
+    if (c.first == name) {
+      c.second = std::move(m);
+      return;
+    }
+  register_child(name, std::move(m));
+}
+
+Tensor Module::find(const std::string& name) const {
+  if (auto it = find_entry(params_, name); it != params_.end()) return it->second;
+  if (auto it = find_entry(buffers_, name); it != buffers_.end()) return it->second;
+  if (auto it = find_entry(attrs_, name); it != attrs_.end()) return it->second;
+  return Tensor();
+}
+
+Tensor Module::get(const std::string& name) const {
+  Tensor t = find(name);
+  TB_CHECK(t.defined(), "{}: no parameter, buffer or tensor attribute named '{}'", type_name(),
+           name);
+  return t;
+}
+
+bool Module::has_parameter(const std::string& name) const {
+  return find_entry(params_, name) != params_.end();
+}
+bool Module::has_buffer(const std::string& name) const {
+  return find_entry(buffers_, name) != buffers_.end();
+}
+
+ModulePtr Module::child(const std::string& name) const {
+  for (auto& c : children_)
+    if (c.first == name) return c.second;
+  throw Error(fmt::format("{}: no child module named '{}'", type_name(), name));
+}
+
+Module& Module::get_submodule(const std::string& path) {
+  Module* m = this;
+  size_t start = 0;
+  while (start < path.size()) {
+    size_t dot = path.find('.', start);
+    std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    m = m->child(part).get();
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return *m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traversal
+
+namespace {
+// Pre-order walk of (prefix, module), own entries before children, as PyTorch's named_modules.
+template <class Fn>
+void walk(const Module& m, const std::string& prefix, Fn&& fn) {
+  fn(prefix, m);
+  for (auto& [name, c] : m.named_children()) walk(*c, prefix + name + ".", fn);
+}
+} // namespace
+
+std::vector<std::pair<std::string, Tensor>> Module::named_parameters(bool recurse) const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  std::unordered_set<const TensorImpl*> seen;
+  auto add = [&](const std::string& prefix, const Module& m) {
+    for (auto& [name, t] : m.params_)
+      if (seen.insert(t.impl().get()).second) out.emplace_back(prefix + name, t);
+  };
+  if (recurse) walk(*this, "", add);
+  else add("", *this);
+  return out;
+}
+
+std::vector<Tensor> Module::parameters(bool recurse) const {
+  std::vector<Tensor> out;
+  for (auto& [name, t] : named_parameters(recurse)) out.push_back(t);
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_buffers(bool recurse) const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  std::unordered_set<const TensorImpl*> seen;
+  auto add = [&](const std::string& prefix, const Module& m) {
+    for (auto& [name, t] : m.buffers_)
+      if (seen.insert(t.impl().get()).second) out.emplace_back(prefix + name, t);
+  };
+  if (recurse) walk(*this, "", add);
+  else add("", *this);
+  return out;
+}
+
+std::vector<Tensor> Module::buffers(bool recurse) const {
+  std::vector<Tensor> out;
+  for (auto& [name, t] : named_buffers(recurse)) out.push_back(t);
+  return out;
+}
+
+std::vector<ModulePtr> Module::children() const {
+  std::vector<ModulePtr> out;
+  for (auto& [name, c] : children_) out.push_back(c);
+  return out;
+}
+
+std::vector<std::pair<std::string, Module*>> Module::named_modules() {
+  std::vector<std::pair<std::string, Module*>> out;
+  std::unordered_set<const Module*> seen;
+  walk(*this, "", [&](const std::string& prefix, const Module& m) {
+    if (!seen.insert(&m).second) return;
+    std::string name = prefix.empty() ? "" : prefix.substr(0, prefix.size() - 1);
+    out.emplace_back(name, const_cast<Module*>(&m));
+  });
+  return out;
+}
+
+std::vector<Module*> Module::modules() {
+  std::vector<Module*> out;
+  for (auto& [name, m] : named_modules()) out.push_back(m);
+  return out;
+}
+
+void Module::apply(const std::function<void(Module&)>& fn) {
+  for (auto& [name, c] : children_) c->apply(fn);
+  fn(*this);
+}
+
+int64_t Module::num_parameters() const {
+  int64_t n = 0;
+  for (auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mode and placement
+
+Module& Module::train(bool on) {
+  training_ = on;
+  for (auto& [name, c] : children_) c->train(on);
+  return *this;
+}
+
+template <class Fn>
+void Module::for_each_tensor(Fn&& fn) {
+  for (auto& [name, t] : params_) fn(t);
+  for (auto& [name, t] : buffers_) fn(t);
+  for (auto& [name, t] : attrs_) fn(t);
+  for (auto& [name, c] : children_) c->for_each_tensor(fn);
+}
+
+namespace {
+// Puts `moved`'s data into t's own TensorImpl, so every handle to t sees the new data (see the
+// design note in nn.h). The gradient, if any, is converted with `convert` as well.
+template <class Convert>
+void swap_data(Tensor& t, Convert&& convert) {
+  if (!t.defined()) return;
+  Tensor moved = convert(t.detach());
+  Tensor grad = t.impl()->autograd ? t.impl()->autograd->grad : Tensor();
+  TensorImpl& dst = *t.impl();
+  const TensorImpl& src = *moved.impl();
+  if (&dst != &src) {
+    dst.storage = src.storage;
+    dst.sizes = src.sizes;
+    dst.strides = src.strides;
+    dst.offset = src.offset;
+    dst.dtype = src.dtype;
+  }
+  if (grad.defined()) dst.autograd->grad = convert(grad);
+}
+} // namespace
+
+Module& Module::to(Device d) {
+  no_grad guard;
+  for_each_tensor([&](Tensor& t) { swap_data(t, [&](const Tensor& x) { return x.to(d); }); });
+  return *this;
+}
+
+Module& Module::to(DType dt) {
+  no_grad guard;
+  for_each_tensor([&](Tensor& t) {
+    if (t.defined() && is_floating(t.dtype()))
+      swap_data(t, [&](const Tensor& x) { return x.to(dt); });
+  });
+  return *this;
+}
+
+void Module::zero_grad(bool set_to_none) {
+  no_grad guard;
+  for (auto& p : parameters()) {
+    auto& meta = p.impl()->autograd;
+    if (!meta || !meta->grad.defined()) continue;
+    if (set_to_none) meta->grad = Tensor();
+    else meta->grad.zero_();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// state_dict
+
+void Module::collect_state(const std::string& prefix, StateDict& out) const {
+  for (auto& [name, t] : params_) out.insert(prefix + name, t.detach());
+  for (auto& [name, t] : buffers_)
+    if (std::find(non_persistent_.begin(), non_persistent_.end(), name) == non_persistent_.end())
+      out.insert(prefix + name, t.detach());
+  for (auto& [name, c] : children_) c->collect_state(prefix + name + ".", out);
+}
+
+StateDict Module::state_dict() const {
+  StateDict out;
+  collect_state("", out);
+  return out;
+}
+
+LoadResult Module::load_state_dict(const StateDict& dict, bool strict) {
+  StateDict own = state_dict(); // detached handles sharing storage with the live tensors
+  LoadResult result;
+  std::vector<std::string> errors;
+  for (auto& [key, dst] : own) {
+    const Tensor* src = dict.find(key);
+    if (!src) {
+      result.missing_keys.push_back(key);
+      continue;
+    }
+    if (!src->defined()) {
+      errors.push_back(fmt::format("'{}': the checkpoint's tensor is undefined", key));
+      continue;
+    }
+    if (src->shape() != dst.shape())
+      errors.push_back(fmt::format("size mismatch for '{}': checkpoint has shape {}, the model {}",
+                                   key, shape_str(src->shape()), shape_str(dst.shape())));
+    if (src->dtype() != dst.dtype())
+      errors.push_back(fmt::format("dtype mismatch for '{}': checkpoint has {}, the model {}", key,
+                                   src->dtype(), dst.dtype()));
+  }
+  for (auto& [key, t] : dict)
+    if (!own.contains(key)) result.unexpected_keys.push_back(key);
+
+  auto join = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (auto& k : v) s += (s.empty() ? "'" : ", '") + k + "'";
+    return s;
+  };
+  if (strict && !result.missing_keys.empty())
+    errors.push_back(fmt::format("missing keys: {}", join(result.missing_keys)));
+  if (strict && !result.unexpected_keys.empty())
+    errors.push_back(fmt::format("unexpected keys: {}", join(result.unexpected_keys)));
+  if (!errors.empty()) {
+    std::string msg = fmt::format("load_state_dict: {} error(s) loading the state_dict of {}:",
+                                  errors.size(), type_name());
+    for (auto& e : errors) msg += "\n  " + e;
+    throw Error(msg);
+  }
+
+  no_grad guard;
+  for (auto& [key, dst] : own)
+    if (const Tensor* src = dict.find(key)) {
+      Tensor d = dst;
+      d.copy_(*src);
+    }
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Printing
+
+std::string Module::str() const {
+  std::string s = type_name() + "(";
+  std::string extra = extra_repr();
+  if (children_.empty()) return s + extra + ")";
+  auto indent = [](const std::string& text) {
+    std::string out;
+    for (char c : text) {
+      out += c;
+      if (c == '\n') out += "  ";
+    }
+    return out;
+  };
+  if (!extra.empty()) s += "\n  " + indent(extra);
+  for (auto& [name, c] : children_) s += "\n  (" + name + "): " + indent(c->str());
+  return s + "\n)";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint helpers
+
+void save(const Module& m, const std::string& path, const Metadata& metadata) {
+  save_safetensors(path, m.state_dict(), metadata);
+}
+
+LoadResult load(Module& m, const std::string& path, bool strict) {
+  SafetensorsFile f = load_safetensors(path);
+  try {
+    return m.load_state_dict(f.tensors, strict);
+  } catch (const Error& e) {
+    throw Error(fmt::format("nn::load: '{}': {}", path, e.what()));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequential
+
+Sequential::Sequential(std::initializer_list<ModulePtr> modules) {
+  for (auto& m : modules) push_back(m);
+}
+
+void Sequential::push_back(ModulePtr m) { register_module(std::to_string(size()), std::move(m)); }
+
+void Sequential::push_back(const std::string& name, ModulePtr m) {
+  register_module(name, std::move(m));
+}
+
+ModulePtr Sequential::operator[](size_t i) const {
+  TB_CHECK(i < size(), "Sequential: index {} out of range for {} modules", i, size());
+  return named_children()[i].second;
+}
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor y = x;
+  for (auto& [name, m] : named_children()) y = (*m)(y);
+  return y;
+}
+
+} // namespace tb::nn

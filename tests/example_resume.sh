@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The Fashion-MNIST example on a small subset: (1) the same seed gives the same losses twice;
+# (2) a run stopped after epoch 1 and resumed gives the same losses as an uninterrupted run;
+# (3) an output folder that cannot be written fails before training starts.
+# Exit 77 (meson: skipped) when the data set is not installed.
+set -euo pipefail
+exe=$1
+data=${TB_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
+[[ -f $data/train-images-idx3-ubyte.gz || -f $data/train-images-idx3-ubyte ]] || {
+  echo "Fashion-MNIST not found at $data: skipped (apt-get install dataset-fashion-mnist)"; exit 77; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+common=(--epochs 2 --limit-train 1280 --limit-test 500 --threads 2 --workers 1 --seed 5 --batch-size 64)
+"$exe" "${common[@]}" --out "$tmp/a" >"$tmp/a.log"
+"$exe" "${common[@]}" --out "$tmp/b" >"$tmp/b.log"
+"$exe" "${common[@]}" --out "$tmp/c" --stop-after 1 >"$tmp/c1.log"
+[[ $(wc -l <"$tmp/c/metrics.csv") == 2 ]] || { echo "FAIL: --stop-after 1 wrote $(wc -l <"$tmp/c/metrics.csv") lines"; exit 1; }
+"$exe" "${common[@]}" --out "$tmp/c" --resume >"$tmp/c2.log"
+grep -q "resumed from" "$tmp/c2.log" || { echo "FAIL: resume did not resume"; cat "$tmp/c2.log"; exit 1; }
+# compare epoch, losses, accuracies and lr (columns 1-5 and 8), not timings
+cols() { cut -d, -f1-5,8 "$1"; }
+if ! diff <(cols "$tmp/a/metrics.csv") <(cols "$tmp/b/metrics.csv"); then
+  echo "FAIL: same seed, different losses"; exit 1; fi
+if ! diff <(cols "$tmp/a/metrics.csv") <(cols "$tmp/c/metrics.csv"); then
+  echo "FAIL: resumed run differs from the uninterrupted one"; exit 1; fi
+for f in metrics.csv metrics.json checkpoint.safetensors; do
+  [[ -s $tmp/a/$f ]] || { echo "FAIL: $f missing"; exit 1; }; done
+# an unwritable output folder fails at once, with a message naming it
+mkdir -p "$tmp/ro" && chmod 555 "$tmp/ro"
+if [[ $(id -u) != 0 ]]; then
+  if "$exe" "${common[@]}" --out "$tmp/ro/x" >"$tmp/ro.log" 2>&1; then echo "FAIL: wrote into a read-only folder"; exit 1; fi
+  grep -q "ro/x" "$tmp/ro.log" || { echo "FAIL: message does not name the folder"; cat "$tmp/ro.log"; exit 1; }
+fi
+if "$exe" --out /proc/tb_cannot_write "${common[@]:0:2}" >"$tmp/proc.log" 2>&1; then echo "FAIL: wrote into /proc"; exit 1; fi
+grep -q "tb_cannot_write" "$tmp/proc.log" || { echo "FAIL: message does not name the folder"; cat "$tmp/proc.log"; exit 1; }
+echo "example_resume: same seed -> same losses; resume after epoch 1 -> same losses; bad output folder refused"
+cat "$tmp/a/metrics.csv"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds (with CUDA when nvcc is present) and runs every test.
+# This is the README's test command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+[[ -d /usr/local/cuda/bin ]] && export PATH="/usr/local/cuda/bin:$PATH"
+build=${TB_BUILD_DIR:-build}
+if [[ -f $build/build.ninja ]]; then meson setup --reconfigure "$build" >/dev/null
+else meson setup "$build" >/dev/null; fi
+ninja -C "$build"
+meson test -C "$build" --print-errorlogs --num-processes 2

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tensorbrain needs, only those missing (idempotent; run as root).
+#   tools/setup.sh          build + test dependencies and the Fashion-MNIST data
+#   tools/setup.sh --torch  also Debian's PyTorch (for tools/make_fixtures.py and the benchmarks)
+set -euo pipefail
+packages=(
+  build-essential meson ninja-build pkg-config
+  libopenblas-dev libopenblas-openmp-dev   # BLAS; the OpenMP build shares oneDNN's thread pool
+  libdnnl-dev                              # oneDNN 2.x: convolution, pooling
+  libfmt-dev doctest-dev libstb-dev zlib1g-dev
+  dataset-fashion-mnist                    # /usr/share/datasets/fashion-mnist
+  python3-matplotlib                       # tools/plot_metrics.py draws the training curves
+)
+if [[ ${1:-} == --torch ]]; then
+  packages+=(python3-torch python3-torchvision libopenblas0-openmp)
+fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup: all packages present"
+fi
