@@ -4,8 +4,8 @@
 // Shapes (PyTorch's): x [N, C, H, W], weight [O, C/groups, KH, KW] (always contiguous OIHW),
 // bias [O] (or nullptr), y [N, O, OH, OW] with
 //   OH = (H + 2 pad_h - dil_h (KH - 1) - 1) / stride_h + 1   (same for OW).
-// Activations (x, y and their gradients) are logical N×C×H×W with any strides; in practice the op
-// layer passes NCHW-contiguous or channels-last (NHWC) ones, which oneDNN runs without reorders.
+// Activations (x, y and their gradients) are logical N×C×H×W with any strides; in practice the
+// op layer passes NCHW-contiguous or channels-last (NHWC) ones; oneDNN runs NHWC without reorders.
 // Three twins with the same signature:
 //   ref_*  — kernels/ref/conv.cpp: plain loops, the specification (float32, float64);
 //   cpu_*  — kernels/cpu/conv_onednn.cpp: oneDNN for float32, primitives cached per geometry;

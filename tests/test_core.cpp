@@ -134,6 +134,8 @@ TEST_CASE("views share storage and follow PyTorch semantics") {
   CHECK(x.unsqueeze(0).squeeze(0).shape() == Shape{2, 3, 4});
   CHECK(x.flatten(1).shape() == Shape{2, 12});
   CHECK(x.view({-1, 4}).shape() == Shape{6, 4});
+  CHECK(scalar_tensor(2.0).view({1}).shape() == Shape{1});
+  CHECK(scalar_tensor(2.0).reshape({1, 1}).to_vector() == std::vector<double>{2});
   CHECK(x.view({6, 4}).storage() == x.storage());
   // view of a transposed tensor is refused, reshape copies
   check_error([&] { x.transpose(0, 1).view({6, 4}); }, {"view", "reshape"});

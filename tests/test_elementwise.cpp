@@ -57,6 +57,12 @@ Tensor fake_cuda_tensor(std::vector<float>& buf, const Shape& s) {
   return Tensor(impl);
 }
 
+// Equal (infinities and NaN included) or within tol relative to |a|.
+bool close(double a, double b, double tol) {
+  if (a == b || (std::isnan(a) && std::isnan(b))) return true;
+  return std::abs(a - b) <= tol * (1 + std::abs(a));
+}
+
 // max |a - b| relative to max |a|.
 double rel_diff(const Tensor& a, const Tensor& b) {
   double m = 0;
@@ -88,11 +94,9 @@ template <typename T> void check_binary_kernels(DType dt, k::BinaryOp op, double
         CHECK(c1 == c2);
         continue;
       }
-      for (int64_t i = 0; i < n; i++) {
-        double x = (double)o1[i], y = (double)o2[i];
-        REQUIRE_MESSAGE(std::abs(x - y) <= 1e-6 * (1 + std::abs(x)),
-                        "op " << (int)op << " dtype " << dtype_name(dt) << " n " << n << " i " << i);
-      }
+      int64_t bad = 0;
+      for (int64_t i = 0; i < n; i++) bad += !close((double)o1[i], (double)o2[i], 1e-6);
+      CHECK_MESSAGE(bad == 0, "op " << (int)op << " dtype " << dtype_name(dt) << " n " << n);
       if (n == 0) CHECK(o2[0] == T(7)); // n = 0 writes nothing
     }
 }
@@ -150,18 +154,16 @@ TEST_CASE("unary kernels and their backward: cpu matches reference") {
         k::cpu_unary(op, kFloat64, x.data(), c.data(), n, p0, p1);
         k::ref_unary(op, kFloat32, xf.data(), rf.data(), n, p0, p1);
         k::cpu_unary(op, kFloat32, xf.data(), cf.data(), n, p0, p1);
-        for (int64_t i = 0; i < n; i++) {
-          REQUIRE_MESSAGE(std::abs(r[i] - c[i]) <= 1e-12 * (1 + std::abs(r[i])), "op " << ui << " n " << n);
-          REQUIRE_MESSAGE(std::abs(rf[i] - cf[i]) <= 1e-5 * (1 + std::abs(rf[i])), "op " << ui << " n " << n);
-        }
+        int64_t bad = 0;
+        for (int64_t i = 0; i < n; i++) bad += !close(r[i], c[i], 1e-12) + !close(rf[i], cf[i], 1e-5);
+        CHECK_MESSAGE(bad == 0, "op " << ui << " p0 " << p0 << " n " << n);
         k::ref_unary_backward(op, kFloat64, x.data(), dy.data(), r.data(), n, p0, p1);
         k::cpu_unary_backward(op, kFloat64, x.data(), dy.data(), c.data(), n, p0, p1);
         k::ref_unary_backward(op, kFloat32, xf.data(), dyf.data(), rf.data(), n, p0, p1);
         k::cpu_unary_backward(op, kFloat32, xf.data(), dyf.data(), cf.data(), n, p0, p1);
-        for (int64_t i = 0; i < n; i++) {
-          REQUIRE_MESSAGE(std::abs(r[i] - c[i]) <= 1e-12 * (1 + std::abs(r[i])), "bwd op " << ui << " n " << n);
-          REQUIRE_MESSAGE(std::abs(rf[i] - cf[i]) <= 1e-5 * (1 + std::abs(rf[i])), "bwd op " << ui << " n " << n);
-        }
+        bad = 0;
+        for (int64_t i = 0; i < n; i++) bad += !close(r[i], c[i], 1e-12) + !close(rf[i], cf[i], 1e-5);
+        CHECK_MESSAGE(bad == 0, "bwd op " << ui << " p0 " << p0 << " n " << n);
       }
       if (op != U::LeakyRelu && op != U::Clamp && op != U::PowScalar) break; // p0 unused
     }
@@ -178,17 +180,18 @@ TEST_CASE("where kernels: every element size, every step pattern") {
       std::vector<double> r(a.size()), o(a.size());
       k::ref_where(kFloat64, c, steps[0], a.data(), steps[1], b.data(), steps[2], r.data(), n);
       k::cpu_where(kFloat64, c, steps[0], a.data(), steps[1], b.data(), steps[2], o.data(), n);
-      for (int64_t i = 0; i < n; i++) {
-        CHECK(r[i] == (c[i * steps[0]] ? a[i * steps[1]] : b[i * steps[2]]));
-        CHECK(o[i] == r[i]);
-      }
+      bool ok = true;
+      for (int64_t i = 0; i < n; i++)
+        ok = ok && r[i] == (c[i * steps[0]] ? a[i * steps[1]] : b[i * steps[2]]) && o[i] == r[i];
+      CHECK_MESSAGE(ok, "n " << n);
     }
     std::vector<uint16_t> h1(cb.size(), 1), h2(cb.size(), 2), ho(cb.size());
     k::cpu_where(kFloat16, c, 1, h1.data(), 1, h2.data(), 1, ho.data(), n);
-    for (int64_t i = 0; i < n; i++) CHECK(ho[i] == (c[i] ? 1 : 2));
     std::vector<uint8_t> b1(cb.size(), 1), b0(cb.size(), 0), bo(cb.size());
     k::ref_where(kBool, c, 1, b1.data(), 1, b0.data(), 1, bo.data(), n);
-    for (int64_t i = 0; i < n; i++) CHECK(bo[i] == cb[i]);
+    bool ok = true;
+    for (int64_t i = 0; i < n; i++) ok = ok && ho[i] == (c[i] ? 1 : 2) && bo[i] == cb[i];
+    CHECK_MESSAGE(ok, "n " << n);
   }
 }
 
@@ -259,8 +262,8 @@ TEST_CASE("unary ops and activations give PyTorch's values") {
   CHECK(v(relu(x)) == std::vector<double>{0, 0, 0, 0.5, 2.5, 7});
   CHECK(v(relu6(x)) == std::vector<double>{0, 0, 0, 0.5, 2.5, 6});
   CHECK(v(leaky_relu(x, 0.1)) == std::vector<double>{-0.4, -0.1, 0, 0.5, 2.5, 7});
-  CHECK(v(hardsigmoid(x)) == std::vector<double>{0, 2.0 / 6, 0.5, 3.5 / 6, 1, 1});
-  CHECK(v(hardswish(x)) == std::vector<double>{0, -2.0 / 6, 0, 0.5 * 3.5 / 6, 2.5, 7});
+  CHECK(v(hardsigmoid(x)) == std::vector<double>{0, 2.0 / 6, 0.5, 3.5 / 6, 5.5 / 6, 1});
+  CHECK(v(hardswish(x)) == std::vector<double>{0, -2.0 / 6, 0, 0.5 * 3.5 / 6, 2.5 * 5.5 / 6, 7});
   CHECK(v(abs(x)) == std::vector<double>{4, 1, 0, 0.5, 2.5, 7});
   CHECK(v(sign(x)) == std::vector<double>{-1, -1, 0, 1, 1, 1});
   CHECK(v(clamp(x, -1.0, 2.0)) == std::vector<double>{-1, -1, 0, 0.5, 2, 2});
@@ -358,7 +361,7 @@ TEST_CASE("layouts: channels-last and permuted inputs keep their layout; others 
   CHECK(max_abs_diff(xb, add(x.contiguous(), bias)) == 0);
   // non-dense input (a transposed slice) -> correct values
   Tensor base = randn({6, 5}, kFloat64, &g);
-  Tensor t = base.t().narrow(1, 1, 4);
+  Tensor t = base.t().narrow(0, 1, 3);
   REQUIRE(!is_dense(t));
   Tensor e = exp(t);
   CHECK(max_abs_diff(e, exp(t.contiguous())) == 0);
@@ -366,6 +369,10 @@ TEST_CASE("layouts: channels-last and permuted inputs keep their layout; others 
   Tensor xr = x.detach().requires_grad_(true);
   sum(relu(xr)).backward();
   CHECK(max_abs_diff(xr.grad(), gt(x, 0.0).to(kFloat32)) == 0);
+  Tensor gy = randn({2, 3, 4, 5}, kFloat32, &g); // a contiguous gradient meets channels-last x
+  Tensor dx = tb::grad({relu(xr)}, {xr}, {gy})[0];
+  CHECK(dx.is_channels_last());
+  CHECK(max_abs_diff(dx, mul(gy, gt(x, 0.0).to(kFloat32))) == 0);
 }
 
 // ---- fast vs reference through the ops, forward and backward -------------------------------------
@@ -390,7 +397,7 @@ TEST_CASE("ops: fast cpu kernels match the reference kernels, forward and backwa
   };
   for (DType dt : {kFloat32, kFloat64})
     for (auto& [name, f] : ops)
-      for (auto [sa, sb] : {std::pair<Shape, Shape>{{37, 41}, {37, 41}}, {{37, 1}, {41}}, {{}, {5, 7}}, {{70000}, {70000}}}) {
+      for (auto [sa, sb] : {std::pair<Shape, Shape>{{37, 41}, {37, 41}}, {{37, 1}, {41}}, {{}, {5, 7}}}) {
         Tensor a0 = urand(sa, 0.5, 3, 1).to(dt), b0 = urand(sb, 0.5, 3, 2).to(dt);
         Tensor out[2], ga[2], gb[2];
         for (int mode = 0; mode < 2; mode++) {

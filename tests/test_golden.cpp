@@ -6,13 +6,13 @@
 // the same inputs, compare the output, run backward from the same L and compare the gradients.
 // Each case runs with the fast CPU kernels and with the reference kernels.
 //
-// Tolerances (|tb - torch| <= atol * scale + rtol * |torch|, scale = max(1, max |torch|)):
-//  - float64: atol = rtol = 1e-10. Both sides compute in double and differ only in summation
-//    order; the shapes here sum at most a few hundred terms, so honest rounding differences stay
-//    below ~1e-13 relative to the largest value. Anything near 1e-10 is a wrong formula.
-//  - float32: atol = rtol = 2e-5. Float32 has a 6e-8 unit roundoff; oneDNN/OpenBLAS and PyTorch
-//    block and vectorise their sums differently, so sums of up to ~600 terms (conv weight
-//    gradients) differ by a few 1e-6 of the largest term.
+// Tolerances (|tb - torch| <= tol * scale + tol * |torch|, scale = max(1, max |torch|)):
+//  - float64: tol = 1e-10. Both sides compute in double and differ only in summation order; the
+//    shapes here sum at most a few hundred terms, so honest rounding differences stay near 1e-15
+//    of the largest value (the worst seen: 1.2e-15). An error near 1e-10 is a wrong formula.
+//  - float32: tol = 1e-5. Float32 has a 6e-8 unit roundoff; oneDNN/OpenBLAS and PyTorch block
+//    and vectorise their sums differently, so sums of up to ~300 terms (conv weight and bias
+//    gradients) differ by a few 1e-7 of the largest term (the worst seen: 3.3e-7).
 #include "gradcheck.h"
 
 #include <tb/io.h>
@@ -41,6 +41,7 @@ const tb::TensorDict& fixture_file(const std::string& name) {
 struct Case {
   const tb::TensorDict& fx;
   std::string name;
+  bool channels_last = false; // feed 4-D inputs in N×H×W×C memory order (same logical values)
   bool has(const std::string& key) const { return fx.contains(name + "." + key); }
   const Tensor& at(const std::string& key) const { return fx.at(name + "." + key); }
   int64_t i(const std::string& key, size_t k = 0) const { return at(key).to_int_vector().at(k); }
@@ -66,7 +67,7 @@ void expect_close(const Tensor& got, const Tensor& want, const std::string& what
   CHECK_MESSAGE(got.dtype() == want.dtype(), what << ": dtype " << tb::dtype_name(got.dtype())
                                                   << " vs " << tb::dtype_name(want.dtype()));
   if (got.shape() != want.shape()) return;
-  const double tol = want.dtype() == tb::kFloat64 ? 1e-10 : 2e-5;
+  const double tol = want.dtype() == tb::kFloat64 ? 1e-10 : 1e-5;
   auto a = got.to_vector(), b = want.to_vector();
   double scale = 1.0;
   for (double v : b) scale = std::max(scale, std::abs(v));
@@ -76,7 +77,7 @@ void expect_close(const Tensor& got, const Tensor& want, const std::string& what
     double err = std::abs(a[k] - b[k]);
     worst = std::max(worst, err / scale);
     if (!(err <= tol * scale + tol * std::abs(b[k])) && bad++ < 3)
-      FAIL_CHECK(what << "[" << k << "]: tb " << a[k] << " vs torch " << b[k]);
+      FAIL_CHECK(fmt::format("{}[{}]: tb {:.17g} vs torch {:.17g}", what, k, a[k], b[k]));
   }
   CHECK_MESSAGE(bad == 0, what << ": " << bad << " of " << a.size()
                                << " elements off, worst error / scale " << worst);
@@ -95,6 +96,7 @@ Leaves run_case(const Case& c, const std::vector<std::string>& inputs,
       continue;
     }
     Tensor t = c.at(name).clone();
+    if (c.channels_last && t.dim() == 4) t = t.contiguous_channels_last();
     if (std::find(diff.begin(), diff.end(), name) != diff.end()) t.requires_grad_(true);
     leaves[name] = t;
   }
@@ -121,7 +123,8 @@ std::vector<std::string> cases_with_prefix(const tb::TensorDict& fx, const std::
 
 const std::string kReductions[] = {"mean", "sum", "none"}; // make_fixtures.py REDUCTIONS
 
-// Runs `body` for every case with `prefix` in `file`, with the fast and the reference kernels.
+// Runs `body` for every case with `prefix` in `file`, with the fast and the reference kernels,
+// and with 4-D inputs in contiguous (NCHW) and channels-last (NHWC) memory order.
 void for_each_case(const std::string& file, const std::string& prefix,
                    const std::function<void(const Case&)>& body) {
   const auto& fx = fixture_file(file);
@@ -130,9 +133,12 @@ void for_each_case(const std::string& file, const std::string& prefix,
   KernelsGuard guard;
   for (auto kernels : {tb::CpuKernels::Fast, tb::CpuKernels::Reference}) {
     tb::set_cpu_kernels(kernels);
-    for (auto& name : names) {
-      INFO("case " << name << ", " << kernels_name(kernels) << " kernels");
-      body(Case{fx, name});
+    for (bool channels_last : {false, true}) {
+      for (auto& name : names) {
+        INFO("case " << name << ", " << kernels_name(kernels) << " kernels, "
+                     << (channels_last ? "channels-last" : "contiguous") << " inputs");
+        body(Case{fx, name, channels_last});
+      }
     }
   }
 }

@@ -308,10 +308,11 @@ TEST_CASE("forward hooks and pre-hooks run in order, can replace values, and are
     log.push_back("pre:" + m.type_name());
     return in * 3.0; // replaces the input
   });
+  std::vector<double> seen_in, seen_out;
   auto h2 = (*net)[1]->register_forward_hook([&](nn::Module& m, const Tensor& in, const Tensor& out) {
     log.push_back("post:" + m.type_name());
-    CHECK(in.to_vector() == std::vector<double>{-3.0, 6.0});
-    CHECK(out.to_vector() == std::vector<double>{0.0, 6.0});
+    seen_in = in.to_vector();
+    seen_out = out.to_vector();
   });
   auto h3 = net->register_forward_hook([&](nn::Module&, const Tensor&, const Tensor& out) {
     log.push_back("post:net");
@@ -319,6 +320,8 @@ TEST_CASE("forward hooks and pre-hooks run in order, can replace values, and are
   });
   CHECK((*net)(x).to_vector() == std::vector<double>{1.0, 7.0});
   CHECK(log == std::vector<std::string>{"pre:Sequential", "post:ReLU", "post:net"});
+  CHECK(seen_in == std::vector<double>{-3.0, 6.0}); // the child saw the replaced input
+  CHECK(seen_out == std::vector<double>{0.0, 6.0});
   CHECK(h1.active());
 
   // forward() bypasses hooks; operator() runs them.
@@ -438,7 +441,7 @@ TEST_CASE("to(dtype) keeps parameter identity; buffers that are not floating sta
   auto net = small_net();
   Tensor w = net->parameters()[0];
   Tensor nbt = net->state_dict().at("features.1.num_batches_tracked");
-  Tensor before = w.clone();
+  Tensor before = w.clone(); // a graph holding w's AccumulateGrad node stays alive across to()
   optim::SGD opt(net->parameters(), 0.1);
   net->to(kFloat64);
   CHECK(w.dtype() == kFloat64); // the handle taken before to() sees the conversion

@@ -7,7 +7,9 @@
 // Updates run under tb::no_grad with in-place ops on the parameters, so every handle to a
 // parameter (the module's, the user's) sees them. Parameters without a gradient are skipped.
 // Optimizer state (momentum buffers, Adam moments, step counts) is a set of named tensors so a
-// training checkpoint can hold it next to the model's state_dict (see state_dict()).
+// training checkpoint can hold it next to the model's state_dict (see state_dict()). State lives
+// on each parameter's device and dtype when created: move the model (Module::to) before the first
+// step; existing state is not moved with it (as in PyTorch).
 #pragma once
 
 #include <tb/io.h>

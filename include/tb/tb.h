@@ -8,3 +8,4 @@
 #include <tb/nn.h>
 #include <tb/optim.h>
 #include <tb/io.h>
+#include <tb/data.h>

@@ -2,8 +2,8 @@
 // kernels/ref/batchnorm.cpp (the specification, with the derivation), laid out for speed.
 //
 // Two layouts (the op layer passes one of them):
-//   rows   (sc == 1, ss != 1: channels-last [N, H, W, C] or [N, C]): M = N*S rows of C contiguous values.
-//          Threads split the rows; each keeps per-channel partial sums (double) and the partials
+//   rows   (sc == 1, ss != 1: channels-last [N, H, W, C] or [N, C]): M = N*S rows of C
+//          contiguous values. Threads split the rows; each keeps per-channel partial sums (double) and the partials
 //          are added in thread order, so results do not depend on timing. Inner loops run over
 //          C contiguous values and vectorise.
 //   planes (ss == 1: NCHW): channel c is N planes of S contiguous values; threads split channels.

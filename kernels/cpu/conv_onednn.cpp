@@ -5,11 +5,12 @@
 // produces and the one oneDNN's fast brgconv/jit kernels want. Measured here: NCHW on both sides
 // falls back to oneDNN's gemm path, and mixed NCHW/NHWC to its naive reference loops (ref:any),
 // so a user activation in any other layout goes through a cached reorder into an NHWC temporary
-// (and an NCHW gradient comes back through one) instead. Weights are the user's OIHW (goihw with groups: the same
-// bytes seen as [G, O/G, C/G, KH, KW]); each primitive is created with weights format `any` so
-// oneDNN picks its blocked layout, and a cached reorder converts user weights into it (forward,
-// backward-data) or its weight gradient back to OIHW (backward-weights). Weights are small next
-// to activations, so the per-call reorder costs little.
+// (and an NCHW gradient comes back through one) instead.
+// Weights are the user's OIHW (goihw with groups: the same bytes seen as [G, O/G, C/G, KH, KW]);
+// each primitive is created with weights format `any` so oneDNN picks its blocked layout, and a
+// cached reorder converts user weights into it (forward, backward-data) or its weight gradient
+// back to OIHW (backward-weights). Weights are small next to activations, so the per-call reorder
+// costs little.
 // float64: oneDNN has none; the reference loops are the float64 kernel (what gradchecks use).
 #include <optional>
 

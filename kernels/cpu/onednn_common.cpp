@@ -76,7 +76,8 @@ dnnl::memory Reorder::output(void* user, std::optional<Buffer>& tmp) const {
 
 void Reorder::commit(const dnnl::memory& written, void* user) const {
   if (!needed) return;
-  execute(prim, scratchpad_md, {{DNNL_ARG_FROM, written}, {DNNL_ARG_TO, dnnl::memory(to, engine(), user)}});
+  dnnl::memory user_mem(to, engine(), user);
+  execute(prim, scratchpad_md, {{DNNL_ARG_FROM, written}, {DNNL_ARG_TO, user_mem}});
 }
 
 static std::atomic<int64_t> g_created{0};

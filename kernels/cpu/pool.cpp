@@ -2,7 +2,7 @@
 // windows as kernels/ref/pool.cpp (the specification), laid out for speed.
 //
 // Two loop orders:
-//   channels-last (x and y with channel stride 1, what conv produces): each (n, oh) row of the
+//   channels-last (dense NHWC x and y, what conv produces): each (n, oh) row of the
 //     output runs on one thread; for every window tap the innermost loop walks the C contiguous
 //     channels, so it vectorises and reads x sequentially.
 //   otherwise (NCHW): one (n, c) plane per thread, the ref loops on that plane.
@@ -10,6 +10,7 @@
 // dx by image n (channels-last) or plane (n, c) (NCHW), which never overlap.
 // Why not oneDNN pooling: it would need its workspace for max indices (a layout of its own) and
 // primitives per shape; these loops are memory-bound and already run at the speed of a copy.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -19,7 +20,11 @@
 namespace tb::kernels {
 namespace {
 
-inline bool channels_last(Strides4 xs, Strides4 ys) { return xs.c == 1 && ys.c == 1; }
+// Dense NHWC x and y (the layout the op layer passes for channels-last tensors).
+inline bool channels_last(const Pool2dGeom& g, Strides4 xs, Strides4 ys) {
+  return xs.c == 1 && xs.w == g.C && xs.h == g.W * g.C && ys.c == 1 && ys.w == g.C &&
+         ys.h == g.OW * g.C;
+}
 
 inline int64_t at(Strides4 s, int64_t n, int64_t c, int64_t h, int64_t w) {
   return n * s.n + c * s.c + h * s.h + w * s.w;
@@ -28,6 +33,10 @@ inline int64_t at(Strides4 s, int64_t n, int64_t c, int64_t h, int64_t w) {
 // Zeroes the N×C×H×W tensor `dx` (any strides) for image n, channel c (or all channels: c < 0).
 template <typename T>
 void zero_image(const Pool2dGeom& g, T* dx, Strides4 xs, int64_t n, int64_t c) {
+  if (c < 0 && xs.c == 1 && xs.w == g.C && xs.h == g.W * g.C) // a dense NHWC image
+    return (void)std::fill_n(dx + n * xs.n, g.H * g.W * g.C, T(0));
+  if (c >= 0 && xs.w == 1 && xs.h == g.W) // a dense plane
+    return (void)std::fill_n(dx + n * xs.n + c * xs.c, g.H * g.W, T(0));
   int64_t c0 = c < 0 ? 0 : c, c1 = c < 0 ? g.C : c + 1;
   for (int64_t h = 0; h < g.H; h++)
     for (int64_t w = 0; w < g.W; w++)
@@ -37,7 +46,8 @@ void zero_image(const Pool2dGeom& g, T* dx, Strides4 xs, int64_t n, int64_t c) {
 template <typename T>
 void max_forward(const Pool2dGeom& g, const T* x, Strides4 xs, T* y, int64_t* idx, Strides4 ys) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  if (channels_last(xs, ys)) {
+  if (channels_last(g, xs, ys)) {
+    const int64_t C = g.C; // a local: the int64 index writes below could alias g.C
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < g.N; n++)
       for (int64_t oh = 0; oh < g.OH; oh++)
@@ -45,12 +55,12 @@ void max_forward(const Pool2dGeom& g, const T* x, Strides4 xs, T* y, int64_t* id
           PoolWindow win = pool_window(g, oh, ow);
           T* yr = y + at(ys, n, 0, oh, ow);
           int64_t* ir = idx + at(ys, n, 0, oh, ow);
-          for (int64_t c = 0; c < g.C; c++) yr[c] = neg_inf, ir[c] = win.h0 * g.W + win.w0;
+          for (int64_t c = 0; c < C; c++) yr[c] = neg_inf, ir[c] = win.h0 * g.W + win.w0;
           for (int64_t h = win.h0; h < win.h1; h++)
             for (int64_t w = win.w0; w < win.w1; w++) {
               const T* xr = x + at(xs, n, 0, h, w);
               int64_t i = h * g.W + w;
-              for (int64_t c = 0; c < g.C; c++) {
+              for (int64_t c = 0; c < C; c++) {
                 T v = xr[c];
                 bool take = v > yr[c] || v != v; // NaN propagates, as in the ref kernel
                 yr[c] = take ? v : yr[c];
@@ -81,7 +91,7 @@ void max_forward(const Pool2dGeom& g, const T* x, Strides4 xs, T* y, int64_t* id
 template <typename T>
 void max_backward(const Pool2dGeom& g, const T* dy, const int64_t* idx, Strides4 ys, T* dx,
                   Strides4 xs) {
-  if (channels_last(xs, ys)) {
+  if (channels_last(g, xs, ys)) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < g.N; n++) {
       zero_image(g, dx, xs, n, -1);
@@ -89,12 +99,14 @@ void max_backward(const Pool2dGeom& g, const T* dy, const int64_t* idx, Strides4
         for (int64_t ow = 0; ow < g.OW; ow++) {
           const T* dyr = dy + at(ys, n, 0, oh, ow);
           const int64_t* ir = idx + at(ys, n, 0, oh, ow);
-          for (int64_t c = 0; c < g.C; c++)
-            dx[at(xs, n, c, ir[c] / g.W, ir[c] % g.W)] += dyr[c];
+          // plane index i = h W + w sits at offset h (W C) + w C + c = i C + c in dense NHWC
+          T* dxn = dx + n * xs.n;
+          for (int64_t c = 0; c < g.C; c++) dxn[ir[c] * g.C + c] += dyr[c];
         }
     }
     return;
   }
+  bool plane_dense = xs.w == 1 && xs.h == g.W; // then i = h W + w is the offset in the plane
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < g.N; n++)
     for (int64_t c = 0; c < g.C; c++) {
@@ -102,7 +114,8 @@ void max_backward(const Pool2dGeom& g, const T* dy, const int64_t* idx, Strides4
       for (int64_t oh = 0; oh < g.OH; oh++)
         for (int64_t ow = 0; ow < g.OW; ow++) {
           int64_t i = idx[at(ys, n, c, oh, ow)];
-          dx[at(xs, n, c, i / g.W, i % g.W)] += dy[at(ys, n, c, oh, ow)];
+          int64_t off = plane_dense ? n * xs.n + c * xs.c + i : at(xs, n, c, i / g.W, i % g.W);
+          dx[off] += dy[at(ys, n, c, oh, ow)];
         }
     }
 }
@@ -111,7 +124,7 @@ void max_backward(const Pool2dGeom& g, const T* dy, const int64_t* idx, Strides4
 template <typename T, typename WindowFn>
 void avg_forward(const Pool2dGeom& g, WindowFn window, const T* x, Strides4 xs, T* y,
                  Strides4 ys) {
-  if (channels_last(xs, ys)) {
+  if (channels_last(g, xs, ys)) {
 #pragma omp parallel
     {
       std::vector<double> acc(g.C); // per-thread channel sums
@@ -150,7 +163,7 @@ void avg_forward(const Pool2dGeom& g, WindowFn window, const T* x, Strides4 xs, 
 template <typename T, typename WindowFn>
 void avg_backward(const Pool2dGeom& g, WindowFn window, const T* dy, Strides4 ys, T* dx,
                   Strides4 xs) {
-  if (channels_last(xs, ys)) {
+  if (channels_last(g, xs, ys)) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < g.N; n++) {
       zero_image(g, dx, xs, n, -1);

@@ -16,6 +16,7 @@ namespace {
 constexpr int64_t kIB = 256;          // inner elements per task
 constexpr int64_t kChunk = 16384;     // elements (rows x inner block) per task, roughly
 constexpr int64_t kParallelMin = 32768; // below this many elements, one thread
+constexpr int64_t kEnoughTasks = 16;    // (outer, inner-block) tasks that need no r-split
 
 // Split of a reduction into tasks; see the file comment.
 struct Plan {
@@ -25,7 +26,10 @@ struct Plan {
   Plan(int64_t o, int64_t r, int64_t i) : outer(o), reduce(r), inner(i) {
     ib = std::min<int64_t>(std::max<int64_t>(inner, 1), kIB);
     nib = (inner + ib - 1) / ib;
-    rc = std::max<int64_t>(1, kChunk / ib);
+    // Split r only when (outer, inner-block) tasks are too few to share out; this depends on the
+    // shape alone, so the summation order does not depend on the thread count.
+    rc = outer * nib >= kEnoughTasks ? std::max<int64_t>(reduce, 1)
+                                     : std::max<int64_t>(1, kChunk / ib);
     nrc = std::max<int64_t>(1, (reduce + rc - 1) / rc);
   }
   int64_t tasks() const { return outer * nrc * nib; }

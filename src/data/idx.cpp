@@ -95,8 +95,8 @@ IdxFile read_idx(const char* op, const std::string& path, uint32_t magic, const 
     out.dims.push_back(be32(header + 4 + 4 * d));
     // Keep the product below 2^48 bytes so it never overflows (the file check below rejects it).
     TB_CHECK(out.dims.back() == 0 || payload <= (uint64_t(1) << 48) / out.dims.back(),
-             "{}: '{}' is truncated or corrupt: its header claims an impossible size ({} dims {})",
-             op, path, what, fmt::join(out.dims, "×"));
+             "{}: '{}' is corrupt: its header claims an impossible size: {} of {}", op, path,
+             what, fmt::join(out.dims, "×"));
     payload *= out.dims.back();
   }
   std::string claim = ndims == 3 ? fmt::format("{} {} of {}×{}", out.dims[0], what, out.dims[1],
@@ -138,7 +138,15 @@ std::string pick_file(const char* op, const std::string& root, const std::string
   throw Error(fmt::format("{}: neither '{}' nor '{}' exists", op, plain, gz));
 }
 
-std::string fashion_file(const std::string& root_arg, bool train, const char* kind) {
+// The (images, labels) pair of a folder in the MNIST layout; images are looked up first so a
+// missing file is reported the same way every time.
+std::pair<std::string, std::string> idx_pair(const char* op, const std::string& root, bool train) {
+  const std::string split = train ? "train" : "t10k";
+  return {pick_file(op, root, split + "-images-idx3-ubyte"),
+          pick_file(op, root, split + "-labels-idx1-ubyte")};
+}
+
+std::pair<std::string, std::string> fashion_files(const std::string& root_arg, bool train) {
   std::string root = root_arg.empty() ? default_fashion_mnist_root() : root_arg;
   TB_CHECK(fs::is_directory(root),
            "FashionMNIST: data directory '{}' not found: install it with `apt-get install "
@@ -146,13 +154,13 @@ std::string fashion_file(const std::string& root_arg, bool train, const char* ki
            "TB_FASHION_MNIST_DIR (or pass a path) to a folder holding "
            "{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte[.gz]",
            root);
-  return pick_file("FashionMNIST", root, std::string(train ? "train" : "t10k") + kind);
+  return idx_pair("FashionMNIST", root, train);
 }
 
-std::string mnist_file(const std::string& root, bool train, const char* kind) {
+std::pair<std::string, std::string> mnist_files(const std::string& root, bool train) {
   TB_CHECK(!root.empty(), "MNIST: a root folder is required");
   TB_CHECK(fs::is_directory(root), "MNIST: data directory '{}' not found", root);
-  return pick_file("MNIST", root, std::string(train ? "train" : "t10k") + kind);
+  return idx_pair("MNIST", root, train);
 }
 
 } // namespace
@@ -196,8 +204,7 @@ std::string default_fashion_mnist_root() {
 }
 
 FashionMNIST::FashionMNIST(const std::string& root, bool train)
-    : IdxDataset(fashion_file(root, train, "-images-idx3-ubyte"),
-                 fashion_file(root, train, "-labels-idx1-ubyte")) {}
+    : IdxDataset(fashion_files(root, train).first, fashion_files(root, train).second) {}
 
 const std::vector<std::string>& FashionMNIST::classes() {
   static const std::vector<std::string> names = {"T-shirt/top", "Trouser", "Pullover", "Dress",
@@ -207,7 +214,6 @@ const std::vector<std::string>& FashionMNIST::classes() {
 }
 
 MNIST::MNIST(const std::string& root, bool train)
-    : IdxDataset(mnist_file(root, train, "-images-idx3-ubyte"),
-                 mnist_file(root, train, "-labels-idx1-ubyte")) {}
+    : IdxDataset(mnist_files(root, train).first, mnist_files(root, train).second) {}
 
 } // namespace tb::data

@@ -330,6 +330,9 @@ void swap_data(Tensor& t, Convert&& convert) {
     dst.dtype = src.dtype;
   }
   if (grad.defined()) dst.autograd->grad = convert(grad);
+  // A live graph may still hold the leaf's AccumulateGrad node, which remembers the old dtype and
+  // device: forget it so the next forward makes one for the new data.
+  if (dst.autograd) dst.autograd->grad_accumulator.reset();
 }
 } // namespace
 

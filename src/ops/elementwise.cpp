@@ -284,13 +284,23 @@ static Tensor unary_compute(UnaryOp op, const Tensor& x, double p0, double p1) {
   return as_dtype(out, x.dtype());
 }
 
+// dx = dy f'(x) in x's layout: a dy laid out differently is staged into x's layout (the saved
+// activation is usually the bigger, channels-last one; copying the gradient is cheaper).
 static Tensor unary_backward_compute(UnaryOp op, const Tensor& x, const Tensor& dy, double p0,
                                      double p1) {
   DType kdt = kernel_dtype(x.dtype());
-  auto f = flat_operands(x.shape(), {as_dtype(x, kdt), as_dtype(dy, kdt)});
-  Tensor dx = empty_strided(x.shape(), f.out_strides, TensorOptions(kdt, x.device()));
-  run_unary_backward(op, x.device(), kdt, f.xs[0].raw_data(), f.xs[1].raw_data(), dx.raw_data(),
-                     dx.numel(), p0, p1);
+  Tensor xc = as_dtype(x, kdt), gc = as_dtype(dy, kdt);
+  if (!is_dense(xc)) xc = xc.contiguous();
+  TensorOptions opts(kdt, x.device());
+  if (gc.strides() != xc.strides() || !is_dense(gc)) {
+    Tensor staged = empty_strided(xc.shape(), xc.strides(), opts);
+    no_grad ng;
+    staged.copy_(gc);
+    gc = staged;
+  }
+  Tensor dx = empty_strided(xc.shape(), xc.strides(), opts);
+  run_unary_backward(op, x.device(), kdt, xc.raw_data(), gc.raw_data(), dx.raw_data(), dx.numel(),
+                     p0, p1);
   return as_dtype(dx, x.dtype());
 }
 

@@ -119,7 +119,8 @@ static ClassRows class_rows(const char* op, const Tensor& x, const Tensor& targe
     r.moved_shape = xd.shape();
   }
   r.x = xd.contiguous().reshape({r.rows, r.classes});
-  r.target = target.detach().contiguous().reshape({r.rows});
+  Tensor t1 = target.dim() == 0 ? target.detach().unsqueeze(0) : target.detach();  // [] -> [1]
+  r.target = t1.contiguous().reshape({r.rows});
   // Every target must be a class or ignore_index (checked on the host: a bad index would read out
   // of bounds in the kernel).
   Tensor host = r.target.device().is_cpu() ? r.target : r.target.to(kCPU);

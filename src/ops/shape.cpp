@@ -73,7 +73,8 @@ Tensor cat(const std::vector<Tensor>& ts, int64_t dim) {
                "shape {}", d, r, shape_str(ref.shape()), i, shape_str(t.shape()));
     shape[d] += t.size(d);
     dt = promote_types(dt, t.dtype());
-    channels_last = channels_last && t.is_channels_last();
+    // ambiguous layouts (C = 1 or H = W = 1) count as contiguous, as PyTorch's memory-format rule
+    channels_last = channels_last && t.is_channels_last() && !t.is_contiguous();
   }
   TensorOptions opts(dt, ref.device());
   Tensor out = channels_last ? empty_channels_last(shape, opts) : empty(shape, opts);
@@ -436,7 +437,7 @@ Tensor pad(const Tensor& x, const std::vector<int64_t>& pads, const std::string&
 
 Tensor flatten(const Tensor& x, int64_t start_dim, int64_t end_dim) {
   check_defined("flatten", x, "input");
-  if (x.dim() == 0) return x.reshape({1});
+  if (x.dim() == 0) return x.unsqueeze(0); // (reshape of a 0-d tensor to [1] fails in view.cpp)
   int64_t s = wrap_dim("flatten", start_dim, x.dim()), e = wrap_dim("flatten", end_dim, x.dim());
   TB_CHECK(s <= e, "flatten: start_dim {} comes after end_dim {} (input {})", start_dim, end_dim,
            shape_str(x.shape()));

@@ -50,7 +50,7 @@ static std::optional<Shape> view_strides(const Tensor& t, const Shape& shape) {
   const Shape& os = t.shape();
   const Shape& ost = t.strides();
   Shape ns(shape.size());
-  if (t.numel() == 0) return contiguous_strides(shape);
+  if (t.numel() == 0 || os.empty()) return contiguous_strides(shape); // empty, or a scalar
   int64_t view_d = (int64_t)shape.size() - 1;
   int64_t chunk_base_stride = ost.empty() ? 1 : ost.back();
   int64_t tensor_numel = 1, view_numel = 1;

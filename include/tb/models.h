@@ -1,0 +1,232 @@
+// tb/models.h — the model zoo: efficient-CNN building blocks (tb::nn), the reference
+// architectures (tb::models) with torchvision's parameter names, and a per-layer cost summary.
+//
+//   auto net = tb::models::create("mobilenet_v2", {.num_classes = 10, .small_input = true,
+//                                                  .in_channels = 1});
+//   tb::Tensor logits = (*net)(x);                         // x [N, 1, 28, 28] -> [N, 10]
+//   std::cout << tb::summary(*net, {1, 1, 28, 28}).str();  // per-layer table with totals
+//
+// State-dict keys, shapes and order equal torchvision 0.14's for the same model (e.g.
+// 'features.1.conv.0.0.weight', 'layer1.0.bn1.running_mean', 'fc.bias'), so its checkpoints load
+// by name (tools/convert_torch_weights.py writes them as safetensors). Blocks look their children
+// up by name in forward, so set_module (fusion, quantisation) swaps a child for real.
+//
+// Costs below: k kernel size, H×W output size, C channels; "MACs" are multiply-adds per image.
+#pragma once
+
+#include <tb/nn.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tb::nn {
+
+// Activation choice for the blocks (None: no activation module is created).
+enum class Act { None, ReLU, ReLU6, SiLU, Hardswish, Hardsigmoid, Sigmoid };
+ModulePtr make_activation(Act a); // tb::Error for Act::None
+
+// BatchNorm settings of a model (torchvision's MobileNetV3 uses eps 1e-3, momentum 0.01).
+struct BNConfig {
+  double eps = 1e-5;
+  double momentum = 0.1;
+};
+
+// ConvBNAct (torchvision's Conv2dNormActivation): Conv2d without bias ("0"), BatchNorm2d ("1"),
+// activation ("2", absent for Act::None); padding (k-1)/2*dilation keeps H×W at stride 1.
+// The unit every mobile net is built from. Cost: Cin/groups*Cout*k*k weights, as many MACs per
+// output pixel; BN folds into the conv at inference.
+class ConvBNAct : public Sequential {
+ public:
+  ConvBNAct(int64_t in, int64_t out, int64_t kernel = 3, int64_t stride = 1, int64_t groups = 1,
+            Act act = Act::ReLU, BNConfig bn = {}, int64_t dilation = 1);
+  std::string type_name() const override { return "ConvBNAct"; }
+};
+
+// DepthwiseSeparable (MobileNetV1): a 3×3 depthwise conv (one filter per channel, spatial
+// mixing) then a 1×1 pointwise conv (channel mixing), each with BN + ReLU; children "dw", "pw".
+// A full 3×3 conv costs 9*Cin*Cout MACs per pixel; this costs 9*Cin + Cin*Cout, about 8-9× less
+// for Cout >= 64, with 9*Cin + Cin*Cout weights. The stride sits on the depthwise conv.
+class DepthwiseSeparable : public Module {
+ public:
+  DepthwiseSeparable(int64_t in, int64_t out, int64_t stride = 1, BNConfig bn = {});
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "DepthwiseSeparable"; }
+};
+
+// InvertedResidual (MobileNetV2): 1×1 expansion to t*Cin channels (ReLU6; skipped when t = 1),
+// 3×3 depthwise (ReLU6), then a LINEAR 1×1 projection back to a narrow Cout (no activation: ReLU
+// in a low-dimensional space destroys information). The residual joins the narrow ends when
+// stride = 1 and Cin = Cout. Child "conv" as torchvision. Cost per output pixel, hidden h = t*Cin:
+// Cin*h + 9*h + h*Cout MACs; the wide tensor exists only inside the block.
+class InvertedResidual : public Module {
+ public:
+  InvertedResidual(int64_t in, int64_t out, int64_t stride, int64_t expand_ratio,
+                   BNConfig bn = {});
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "InvertedResidual"; }
+  bool use_res_connect;
+};
+
+// SqueezeExcitation (torchvision's): s = scale_act(fc2(act(fc1(avgpool(x))))), y = x * s.
+// Global pooling "squeezes" each channel to one number; two 1×1 convs (C -> S -> C, with bias,
+// names 'fc1', 'fc2') learn per-channel gates that re-weight the channels. Cost: 2*C*S + C + S
+// weights and 2*C*S MACs per image, negligible against the convs (HW times fewer).
+class SqueezeExcitation : public Module {
+ public:
+  SqueezeExcitation(int64_t channels, int64_t squeeze_channels, Act act = Act::ReLU,
+                    Act scale_act = Act::Sigmoid);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "SqueezeExcitation"; }
+};
+
+// ChannelShuffle: [N, g*c, H, W] -> view [N, g, c, H, W] -> transpose(1, 2) -> [N, c*g, H, W],
+// so channel i*c + j moves to j*g + i and the next grouped op sees channels from every group.
+// No parameters, no MACs (one copy). Channels-last inputs stay channels-last.
+class ChannelShuffle : public Module {
+ public:
+  explicit ChannelShuffle(int64_t groups) : groups(groups) {}
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "ChannelShuffle"; }
+  std::string extra_repr() const override;
+  int64_t groups;
+};
+Tensor channel_shuffle(const Tensor& x, int64_t groups);
+
+// ShuffleNetV2 unit (torchvision's shufflenetv2.InvertedResidual). stride 1: split the channels in
+// halves, keep one, run the other through branch2 (1×1, 3×3 depthwise, 1×1), concat, shuffle.
+// stride 2: both halves see the full input (branch1: 3×3 depthwise stride 2 + 1×1; branch2 as
+// above with stride 2), so channels double while H×W halve. Equal in/out widths of the 1×1 convs
+// and no grouped 1×1 keep memory traffic low (the paper's guidelines). Children "branch1" (empty
+// Sequential at stride 1) and "branch2". Cost per pixel, b = Cout/2: about 2*b*b + 9*b MACs.
+class ShuffleNetV2Unit : public Module {
+ public:
+  ShuffleNetV2Unit(int64_t in, int64_t out, int64_t stride);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "ShuffleNetV2Unit"; }
+  int64_t stride;
+};
+
+// StochasticDepth (torchvision.ops, mode "row"): in training, each sample's residual branch is
+// dropped with probability p and the survivors are scaled by 1/(1-p); identity in eval mode.
+// A network trained this way behaves like an ensemble of shallower ones. No parameters.
+class StochasticDepth : public Module {
+ public:
+  explicit StochasticDepth(double p, std::string mode = "row");
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "StochasticDepth"; }
+  std::string extra_repr() const override;
+  double p;
+  std::string mode; // "row" (per sample) or "batch" (whole batch)
+};
+
+// MBConv (EfficientNet; also MobileNetV3's block): [1×1 expansion] -> k×k depthwise -> [SE] ->
+// linear 1×1 projection, residual when stride = 1 and Cin = Cout. Child "block" (Sequential of
+// ConvBNAct / SqueezeExcitation) and, for EfficientNet, "stochastic_depth" on the residual branch.
+// Cost per output pixel as InvertedResidual with k*k instead of 9, plus the SE's per-image cost.
+struct MBConvConfig {
+  int64_t in = 0, expanded = 0, out = 0; // channels (expanded == in: no expansion conv)
+  int64_t kernel = 3, stride = 1;
+  int64_t squeeze = 0;                   // SE squeeze channels; 0: no SE
+  Act act = Act::SiLU;                   // activation of the expansion and depthwise convs
+  Act se_act = Act::SiLU, se_scale_act = Act::Sigmoid;
+  std::optional<double> stochastic_depth_prob; // nullopt: no StochasticDepth child (MobileNetV3)
+  BNConfig bn;
+};
+class MBConv : public Module {
+ public:
+  explicit MBConv(const MBConvConfig& c);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "MBConv"; }
+  bool use_res_connect;
+};
+
+// BasicBlock (ResNet-18/34): two 3×3 convs with BN (ReLU between and after the add) and an
+// identity shortcut; "downsample" (1×1 conv stride s + BN) matches shapes when stride or width
+// change. Shortcuts let gradients skip layers, so very deep nets train. Cost: 9*Cin*C + 9*C*C
+// weights and MACs per output pixel. Children conv1 bn1 relu conv2 bn2 [downsample].
+class BasicBlock : public Module {
+ public:
+  static constexpr int64_t expansion = 1;
+  BasicBlock(int64_t inplanes, int64_t planes, int64_t stride = 1, bool downsample = false);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "BasicBlock"; }
+};
+
+// Bottleneck (ResNet-50+, torchvision v1.5: stride on the 3×3): 1×1 reduce to C, 3×3 at C,
+// 1×1 expand to 4C, shortcut as BasicBlock. Per output pixel Cin*C + 9*C*C + C*4C MACs: about
+// the cost of a BasicBlock at C while the residual stream is 4× wider. Children conv1 bn1 conv2
+// bn2 conv3 bn3 relu [downsample].
+class Bottleneck : public Module {
+ public:
+  static constexpr int64_t expansion = 4;
+  Bottleneck(int64_t inplanes, int64_t planes, int64_t stride = 1, bool downsample = false);
+  Tensor forward(const Tensor& x) override;
+  std::string type_name() const override { return "Bottleneck"; }
+};
+
+// torchvision's _make_divisible: round v to the nearest multiple of divisor (at least
+// min_value, default divisor) without going below 90% of v.
+int64_t make_divisible(double v, int64_t divisor = 8, std::optional<int64_t> min_value = {});
+
+} // namespace tb::nn
+
+namespace tb::models {
+
+struct ModelOptions {
+  int64_t num_classes = 1000;
+  // Small inputs (Fashion-MNIST 28×28, CIFAR 32×32): the stem conv becomes 3×3 stride 1 and the
+  // stem max-pool (ResNet, ShuffleNet) is dropped; everything else (names, later strides) stays.
+  bool small_input = false;
+  int64_t in_channels = 3;
+  double width_mult = 1.0;        // mobilenet_v1 / mobilenet_v2 only
+  std::optional<double> dropout;  // classifier dropout; nullopt: the model's default (0.2)
+  double stochastic_depth_prob = 0.2; // efficientnet_b0 (torchvision's default)
+};
+
+using nn::ModulePtr;
+
+ModulePtr resnet18(const ModelOptions& o = {});
+ModulePtr resnet50(const ModelOptions& o = {});
+ModulePtr mobilenet_v1(const ModelOptions& o = {}); // not in torchvision: keys are ours (below)
+ModulePtr mobilenet_v2(const ModelOptions& o = {});
+ModulePtr mobilenet_v3_small(const ModelOptions& o = {});
+ModulePtr shufflenet_v2(double width, const ModelOptions& o = {}); // width 0.5 or 1.0
+ModulePtr shufflenet_v2_x0_5(const ModelOptions& o = {});
+ModulePtr shufflenet_v2_x1_0(const ModelOptions& o = {});
+ModulePtr efficientnet_b0(const ModelOptions& o = {});
+
+// Names create() knows: resnet18 resnet50 mobilenet_v1 mobilenet_v2 mobilenet_v3_small
+// shufflenet_v2_x0_5 shufflenet_v2_x1_0 efficientnet_b0.
+std::vector<std::string> model_names();
+// Builds a model by name; tb::Error listing the known names otherwise.
+ModulePtr create(const std::string& name, const ModelOptions& o = {});
+
+} // namespace tb::models
+
+namespace tb {
+
+// One row per call of a leaf module (a module without children) during the summary's forward.
+struct SummaryRow {
+  std::string name;  // dotted path ("features.1.conv.0.0")
+  std::string type;  // type_name()
+  Shape output_shape;
+  int64_t params = 0;     // the module's own parameters (0 on repeated calls of the same module)
+  int64_t mult_adds = 0;  // for the whole batch; see summary()
+};
+struct ModelSummary {
+  std::vector<SummaryRow> rows;
+  Shape input_shape;
+  int64_t total_params = 0, trainable_params = 0;
+  int64_t total_mult_adds = 0;
+  std::string str() const; // the table with totals, torchinfo-style
+};
+
+// Runs one forward pass (eval mode, no_grad; the training flag is restored) on zeros of
+// `input_shape` with forward hooks on every leaf module and tabulates them. Multiply-adds (for
+// the whole batch, as torchinfo): Conv2d Cout*Ho*Wo*(Cin/groups)*kh*kw per image; Linear
+// in*out per row; everything else (BN, activations, pooling, adds) counts 0 — these are what
+// papers report as "MACs"/"FLOPs" (MobileNetV2 300M, ResNet-18 1.8G). Params: all parameters.
+ModelSummary summary(nn::Module& model, const Shape& input_shape, TensorOptions o = {});
+
+} // namespace tb

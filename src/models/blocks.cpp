@@ -1,0 +1,289 @@
+// src/models/blocks.cpp — the building blocks of the zoo (declared in tb/models.h).
+//
+// Every block registers its children under torchvision's names and, in forward, looks them up
+// by name (`call(*this, "conv1", x)`), so a child swapped with set_module is the one that runs
+// and hooks on children fire. Residual joins use tb::add.
+#include <tb/models.h>
+
+#include <cmath>
+
+namespace tb::nn {
+
+namespace {
+
+// Runs child `name` of `m` on x through operator() (hooks included).
+Tensor call(const Module& m, const std::string& name, const Tensor& x) {
+  return (*m.child(name))(x);
+}
+
+bool has_child(const Module& m, const std::string& name) {
+  for (auto& [n, c] : m.named_children())
+    if (n == name) return true;
+  return false;
+}
+
+} // namespace
+
+ModulePtr make_activation(Act a) {
+  switch (a) {
+    case Act::ReLU: return std::make_shared<ReLU>();
+    case Act::ReLU6: return std::make_shared<ReLU6>();
+    case Act::SiLU: return std::make_shared<SiLU>();
+    case Act::Hardswish: return std::make_shared<Hardswish>();
+    case Act::Hardsigmoid: return std::make_shared<Hardsigmoid>();
+    case Act::Sigmoid: return std::make_shared<Sigmoid>();
+    case Act::None: break;
+  }
+  throw Error("make_activation: Act::None has no module");
+}
+
+int64_t make_divisible(double v, int64_t divisor, std::optional<int64_t> min_value) {
+  int64_t lo = min_value.value_or(divisor);
+  int64_t r = std::max(lo, (int64_t)(v + divisor / 2.0) / divisor * divisor);
+  if ((double)r < 0.9 * v) r += divisor;
+  return r;
+}
+
+// ---- ConvBNAct ---------------------------------------------------------------------------------
+
+ConvBNAct::ConvBNAct(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t groups,
+                     Act act, BNConfig bn, int64_t dilation) {
+  int64_t padding = (kernel - 1) / 2 * dilation;
+  push_back(std::make_shared<Conv2d>(in, out, kernel, stride, padding, dilation, groups, false));
+  push_back(std::make_shared<BatchNorm2d>(out, bn.eps, bn.momentum));
+  if (act != Act::None) push_back(make_activation(act));
+}
+
+// ---- DepthwiseSeparable (MobileNetV1) ----------------------------------------------------------
+
+DepthwiseSeparable::DepthwiseSeparable(int64_t in, int64_t out, int64_t stride, BNConfig bn) {
+  register_module("dw", std::make_shared<ConvBNAct>(in, in, 3, stride, in, Act::ReLU, bn));
+  register_module("pw", std::make_shared<ConvBNAct>(in, out, 1, 1, 1, Act::ReLU, bn));
+}
+
+Tensor DepthwiseSeparable::forward(const Tensor& x) {
+  return call(*this, "pw", call(*this, "dw", x));
+}
+
+// ---- InvertedResidual (MobileNetV2) ------------------------------------------------------------
+
+InvertedResidual::InvertedResidual(int64_t in, int64_t out, int64_t stride, int64_t expand_ratio,
+                                   BNConfig bn) {
+  TB_CHECK(stride == 1 || stride == 2, "InvertedResidual: stride must be 1 or 2, got {}", stride);
+  TB_CHECK(expand_ratio >= 1, "InvertedResidual: expand_ratio must be >= 1, got {}", expand_ratio);
+  int64_t hidden = in * expand_ratio;
+  use_res_connect = stride == 1 && in == out;
+  auto conv = std::make_shared<Sequential>();
+  if (expand_ratio != 1)
+    conv->push_back(std::make_shared<ConvBNAct>(in, hidden, 1, 1, 1, Act::ReLU6, bn));
+  conv->push_back(std::make_shared<ConvBNAct>(hidden, hidden, 3, stride, hidden, Act::ReLU6, bn));
+  conv->push_back(std::make_shared<Conv2d>(hidden, out, 1, 1, 0, 1, 1, false));
+  conv->push_back(std::make_shared<BatchNorm2d>(out, bn.eps, bn.momentum));
+  register_module("conv", conv);
+}
+
+Tensor InvertedResidual::forward(const Tensor& x) {
+  Tensor y = call(*this, "conv", x);
+  return use_res_connect ? add(x, y) : y;
+}
+
+// ---- SqueezeExcitation -------------------------------------------------------------------------
+
+SqueezeExcitation::SqueezeExcitation(int64_t channels, int64_t squeeze_channels, Act act,
+                                     Act scale_act) {
+  TB_CHECK(channels > 0 && squeeze_channels > 0,
+           "SqueezeExcitation: channels ({}) and squeeze_channels ({}) must be positive", channels,
+           squeeze_channels);
+  register_module("avgpool", std::make_shared<AdaptiveAvgPool2d>(1));
+  register_module("fc1", std::make_shared<Conv2d>(channels, squeeze_channels, 1));
+  register_module("fc2", std::make_shared<Conv2d>(squeeze_channels, channels, 1));
+  register_module("activation", make_activation(act));
+  register_module("scale_activation", make_activation(scale_act));
+}
+
+// s = scale_act(fc2(act(fc1(mean_hw(x))))) [N, C, 1, 1]; y = x * s (broadcast over H, W).
+Tensor SqueezeExcitation::forward(const Tensor& x) {
+  Tensor s = call(*this, "avgpool", x);
+  s = call(*this, "activation", call(*this, "fc1", s));
+  s = call(*this, "scale_activation", call(*this, "fc2", s));
+  return mul(s, x);
+}
+
+// ---- ChannelShuffle ----------------------------------------------------------------------------
+
+Tensor channel_shuffle(const Tensor& x, int64_t groups) {
+  check_defined("channel_shuffle", x, "input");
+  TB_CHECK(x.dim() == 4, "channel_shuffle: expected a 4-D [N, C, H, W] input, got shape {}",
+           shape_str(x.shape()));
+  int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  TB_CHECK(groups > 0 && c % groups == 0,
+           "channel_shuffle: channels ({}) must be divisible by groups ({}); input shape {}", c,
+           groups, shape_str(x.shape()));
+  if (x.is_channels_last() && !x.is_contiguous()) {
+    // Work on the N×H×W×C memory view so the result stays channels-last.
+    Tensor t = x.permute({0, 2, 3, 1}).reshape({n, h, w, groups, c / groups});
+    t = t.transpose(3, 4).contiguous().view({n, h, w, c});
+    return t.permute({0, 3, 1, 2});
+  }
+  Tensor t = x.reshape({n, groups, c / groups, h, w}).transpose(1, 2).contiguous();
+  return t.view({n, c, h, w});
+}
+
+Tensor ChannelShuffle::forward(const Tensor& x) { return channel_shuffle(x, groups); }
+std::string ChannelShuffle::extra_repr() const { return fmt::format("groups={}", groups); }
+
+// ---- ShuffleNetV2 unit -------------------------------------------------------------------------
+
+ShuffleNetV2Unit::ShuffleNetV2Unit(int64_t in, int64_t out, int64_t stride) : stride(stride) {
+  TB_CHECK(stride >= 1 && stride <= 3, "ShuffleNetV2Unit: stride must be in [1, 3], got {}",
+           stride);
+  int64_t b = out / 2;
+  TB_CHECK(stride > 1 || in == 2 * b,
+           "ShuffleNetV2Unit: with stride 1, in ({}) must equal out ({}) rounded down to even", in,
+           out);
+  auto branch1 = std::make_shared<Sequential>();
+  if (stride > 1) {
+    branch1->push_back(std::make_shared<Conv2d>(in, in, 3, stride, 1, 1, in, false));
+    branch1->push_back(std::make_shared<BatchNorm2d>(in));
+    branch1->push_back(std::make_shared<Conv2d>(in, b, 1, 1, 0, 1, 1, false));
+    branch1->push_back(std::make_shared<BatchNorm2d>(b));
+    branch1->push_back(std::make_shared<ReLU>());
+  }
+  auto branch2 = std::make_shared<Sequential>();
+  branch2->push_back(std::make_shared<Conv2d>(stride > 1 ? in : b, b, 1, 1, 0, 1, 1, false));
+  branch2->push_back(std::make_shared<BatchNorm2d>(b));
+  branch2->push_back(std::make_shared<ReLU>());
+  branch2->push_back(std::make_shared<Conv2d>(b, b, 3, stride, 1, 1, b, false));
+  branch2->push_back(std::make_shared<BatchNorm2d>(b));
+  branch2->push_back(std::make_shared<Conv2d>(b, b, 1, 1, 0, 1, 1, false));
+  branch2->push_back(std::make_shared<BatchNorm2d>(b));
+  branch2->push_back(std::make_shared<ReLU>());
+  register_module("branch1", branch1);
+  register_module("branch2", branch2);
+}
+
+Tensor ShuffleNetV2Unit::forward(const Tensor& x) {
+  Tensor out;
+  if (stride == 1) {
+    auto halves = chunk(x, 2, 1);
+    out = cat({halves[0], call(*this, "branch2", halves[1])}, 1);
+  } else {
+    out = cat({call(*this, "branch1", x), call(*this, "branch2", x)}, 1);
+  }
+  return channel_shuffle(out, 2);
+}
+
+// ---- StochasticDepth ---------------------------------------------------------------------------
+
+StochasticDepth::StochasticDepth(double p, std::string mode) : p(p), mode(std::move(mode)) {
+  TB_CHECK(p >= 0.0 && p <= 1.0, "StochasticDepth: drop probability must be in [0, 1], got {}", p);
+  TB_CHECK(this->mode == "row" || this->mode == "batch",
+           "StochasticDepth: mode must be 'row' or 'batch', got '{}'", this->mode);
+}
+
+// noise ~ Bernoulli(1 - p) of shape [N, 1, 1, ...] ("row") or [1, 1, ...] ("batch"), divided by
+// 1 - p so the expectation is x; y = x * noise.
+Tensor StochasticDepth::forward(const Tensor& x) {
+  if (!is_training() || p == 0.0) return x;
+  check_defined("StochasticDepth", x, "input");
+  check_floating("StochasticDepth", x);
+  double survival = 1.0 - p;
+  Shape size(x.dim(), 1);
+  if (mode == "row" && x.dim() > 0) size[0] = x.size(0);
+  Tensor noise = lt(rand(size), survival).to(x.dtype());
+  if (survival > 0.0) noise = div(noise, survival);
+  return mul(x, noise.to(x.device()));
+}
+
+std::string StochasticDepth::extra_repr() const { return fmt::format("p={}, mode={}", p, mode); }
+
+// ---- MBConv ------------------------------------------------------------------------------------
+
+MBConv::MBConv(const MBConvConfig& c) {
+  TB_CHECK(c.stride == 1 || c.stride == 2, "MBConv: stride must be 1 or 2, got {}", c.stride);
+  TB_CHECK(c.in > 0 && c.expanded > 0 && c.out > 0,
+           "MBConv: channels must be positive, got in={}, expanded={}, out={}", c.in, c.expanded,
+           c.out);
+  use_res_connect = c.stride == 1 && c.in == c.out;
+  auto block = std::make_shared<Sequential>();
+  if (c.expanded != c.in)
+    block->push_back(std::make_shared<ConvBNAct>(c.in, c.expanded, 1, 1, 1, c.act, c.bn));
+  block->push_back(std::make_shared<ConvBNAct>(c.expanded, c.expanded, c.kernel, c.stride,
+                                               c.expanded, c.act, c.bn));
+  if (c.squeeze > 0)
+    block->push_back(
+        std::make_shared<SqueezeExcitation>(c.expanded, c.squeeze, c.se_act, c.se_scale_act));
+  block->push_back(std::make_shared<ConvBNAct>(c.expanded, c.out, 1, 1, 1, Act::None, c.bn));
+  register_module("block", block);
+  if (c.stochastic_depth_prob)
+    register_module("stochastic_depth", std::make_shared<StochasticDepth>(*c.stochastic_depth_prob));
+}
+
+Tensor MBConv::forward(const Tensor& x) {
+  Tensor y = call(*this, "block", x);
+  if (!use_res_connect) return y;
+  if (has_child(*this, "stochastic_depth")) y = call(*this, "stochastic_depth", y);
+  return add(y, x);
+}
+
+// ---- BasicBlock / Bottleneck (ResNet) ----------------------------------------------------------
+
+namespace {
+ModulePtr conv3x3(int64_t in, int64_t out, int64_t stride) {
+  return std::make_shared<Conv2d>(in, out, 3, stride, 1, 1, 1, false);
+}
+ModulePtr conv1x1(int64_t in, int64_t out, int64_t stride = 1) {
+  return std::make_shared<Conv2d>(in, out, 1, stride, 0, 1, 1, false);
+}
+ModulePtr downsample_path(int64_t in, int64_t out, int64_t stride) {
+  auto ds = std::make_shared<Sequential>();
+  ds->push_back(conv1x1(in, out, stride));
+  ds->push_back(std::make_shared<BatchNorm2d>(out));
+  return ds;
+}
+} // namespace
+
+BasicBlock::BasicBlock(int64_t inplanes, int64_t planes, int64_t stride, bool downsample) {
+  TB_CHECK(downsample || (stride == 1 && inplanes == planes),
+           "BasicBlock: stride {} or inplanes {} != planes {} needs downsample = true", stride,
+           inplanes, planes);
+  register_module("conv1", conv3x3(inplanes, planes, stride));
+  register_module("bn1", std::make_shared<BatchNorm2d>(planes));
+  register_module("relu", std::make_shared<ReLU>());
+  register_module("conv2", conv3x3(planes, planes, 1));
+  register_module("bn2", std::make_shared<BatchNorm2d>(planes));
+  if (downsample) register_module("downsample", downsample_path(inplanes, planes, stride));
+}
+
+// y = relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut(x)).
+Tensor BasicBlock::forward(const Tensor& x) {
+  Tensor y = call(*this, "relu", call(*this, "bn1", call(*this, "conv1", x)));
+  y = call(*this, "bn2", call(*this, "conv2", y));
+  Tensor identity = has_child(*this, "downsample") ? call(*this, "downsample", x) : x;
+  return call(*this, "relu", add(y, identity));
+}
+
+Bottleneck::Bottleneck(int64_t inplanes, int64_t planes, int64_t stride, bool downsample) {
+  int64_t outp = planes * expansion;
+  TB_CHECK(downsample || (stride == 1 && inplanes == outp),
+           "Bottleneck: stride {} or inplanes {} != 4*planes {} needs downsample = true", stride,
+           inplanes, outp);
+  register_module("conv1", conv1x1(inplanes, planes));
+  register_module("bn1", std::make_shared<BatchNorm2d>(planes));
+  register_module("conv2", conv3x3(planes, planes, stride));
+  register_module("bn2", std::make_shared<BatchNorm2d>(planes));
+  register_module("conv3", conv1x1(planes, outp));
+  register_module("bn3", std::make_shared<BatchNorm2d>(outp));
+  register_module("relu", std::make_shared<ReLU>());
+  if (downsample) register_module("downsample", downsample_path(inplanes, outp, stride));
+}
+
+Tensor Bottleneck::forward(const Tensor& x) {
+  Tensor y = call(*this, "relu", call(*this, "bn1", call(*this, "conv1", x)));
+  y = call(*this, "relu", call(*this, "bn2", call(*this, "conv2", y)));
+  y = call(*this, "bn3", call(*this, "conv3", y));
+  Tensor identity = has_child(*this, "downsample") ? call(*this, "downsample", x) : x;
+  return call(*this, "relu", add(y, identity));
+}
+
+} // namespace tb::nn
