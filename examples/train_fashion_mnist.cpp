@@ -355,7 +355,8 @@ int run(const Options& o) {
 
   // The plot: matplotlib (Debian's python3-matplotlib) reads the JSON and draws the curves.
   fs::path plot = out / "metrics.png";
-  std::string cmd = fmt::format("python3 {}/tools/plot_metrics.py {} {} >/dev/null 2>&1",
+  std::string python = fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+  std::string cmd = fmt::format("{} {}/tools/plot_metrics.py '{}' '{}' >/dev/null 2>&1", python,
                                 TB_SOURCE_DIR, (out / "metrics.json").string(), plot.string());
   bool plotted = std::system(cmd.c_str()) == 0;
 

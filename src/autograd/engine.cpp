@@ -28,11 +28,18 @@ struct GraphTask {
   std::unordered_map<Node*, std::vector<Tensor>> buffers;
 };
 
-// buffer += g (no graph is recorded during backward)
+// buffer += g (no graph is recorded during backward). In place when nobody else holds the
+// buffer's memory (an op may return one gradient tensor for two inputs: then copy first).
+bool exclusively_owned(const Tensor& t) {
+  return t.impl().use_count() == 1 && t.storage().use_count() == 1 && is_dense(t);
+}
+
 void accumulate(Tensor& buffer, const Tensor& g) {
   if (!g.defined()) return;
   if (!buffer.defined()) {
     buffer = g;
+  } else if (exclusively_owned(buffer)) {
+    buffer.add_(g);
   } else {
     Tensor sum = buffer.clone();
     sum.add_(g);
@@ -63,8 +70,7 @@ void accumulate_into_leaf(Node& acc, Tensor g) {
   }
   // Take the gradient's memory when nobody else holds it; otherwise copy (an op may hand the
   // same gradient tensor to two inputs).
-  bool exclusive = g.impl().use_count() == 1 && g.storage().use_count() == 1 && g.is_contiguous();
-  leaf.set_grad(exclusive ? g : g.clone());
+  leaf.set_grad(exclusively_owned(g) ? g : g.clone());
 }
 
 void execute(GraphTask& task, const std::vector<Edge>& root_edges, const std::vector<Tensor>& grads) {
