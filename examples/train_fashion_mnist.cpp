@@ -12,6 +12,7 @@
 //   build/examples/train_fashion_mnist --help
 #include <tb/tb.h>
 #include <tb/data.h>
+#include <tb/models.h>
 
 #include <chrono>
 #include <cmath>
@@ -39,6 +40,7 @@ struct Options {
   int64_t limit_test = 0;
   int stop_after = 0;               // stop after this many epochs, as if interrupted (tests)
   std::string on_nonfinite = "stop"; // a NaN/Inf loss: "stop" the run or "skip" the step
+  std::string model = "cnn";         // "cnn" (below) or a zoo model (small-input variant)
 };
 
 static void usage() {
@@ -60,7 +62,9 @@ static void usage() {
       "  --limit-test N      evaluate on the first N test images only\n"
       "  --stop-after N      stop after epoch N as if interrupted (the schedule still spans --epochs)\n"
       "  --on-nonfinite M    when the loss is NaN/Inf: stop (default) or skip the step\n"
-      "  --help              this text\n");
+      "  --model NAME        cnn (default) or a zoo model, small-input variant: %s\n"
+      "  --help              this text\n",
+      fmt::format("{}", fmt::join(tb::models::model_names(), ", ")).c_str());
 }
 
 static Options parse_flags(int argc, char** argv) {
@@ -87,6 +91,7 @@ static Options parse_flags(int argc, char** argv) {
     else if (a == "--limit-test") o.limit_test = std::stoll(value());
     else if (a == "--stop-after") o.stop_after = std::stoi(value());
     else if (a == "--on-nonfinite") o.on_nonfinite = value();
+    else if (a == "--model") o.model = value();
     else throw tb::Error("unknown flag '" + a + "' (see --help)");
   }
   TB_CHECK(o.epochs >= 1 && o.batch_size >= 1, "epochs and batch size must be positive");
@@ -98,7 +103,9 @@ static Options parse_flags(int argc, char** argv) {
 // ---- 1. The model --------------------------------------------------------------------------------
 
 // 28x28 -> conv 32 -> pool 14x14 -> conv 64 -> pool 7x7 -> 3136 -> 128 -> 10 classes.
-static std::shared_ptr<tb::nn::Sequential> make_model() {
+static tb::nn::ModulePtr make_model(const std::string& name) {
+  if (name != "cnn") // any model of the zoo, with its 3x3 stride-1 stem for 1x28x28 inputs
+    return tb::models::create(name, {.num_classes = 10, .small_input = true, .in_channels = 1});
   using namespace tb::nn;
   auto net = std::make_shared<Sequential>();
   net->push_back(std::make_shared<Conv2d>(1, 32, 3, 1, 1));
@@ -233,6 +240,7 @@ static std::pair<double, double> evaluate(tb::nn::Module& net, tb::data::DataLoa
 // ---- 4. Training -------------------------------------------------------------------------------------
 
 int run(const Options& o) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0); // a log file sees each line as it is printed
   if (o.threads > 0) tb::set_num_threads(o.threads);
   tb::manual_seed(o.seed);
 
@@ -262,7 +270,7 @@ int run(const Options& o) {
 
   // Model, optimizer and a per-step schedule: linear warm-up over the first half epoch, then
   // cosine annealing to zero at the end of the last epoch.
-  auto net = make_model();
+  tb::nn::ModulePtr net = make_model(o.model);
   tb::optim::SGD opt(net->parameters(), o.lr, o.momentum, 0.0, o.weight_decay);
   int64_t steps_per_epoch = train_loader.size();
   int64_t total_steps = steps_per_epoch * o.epochs;
@@ -343,7 +351,7 @@ int run(const Options& o) {
     for (const auto& [k, v] : sched->state_dict()) all.insert("sched." + k, v);
     tb::save_safetensors(ckpt_path.string(), all,
                          {{"epoch", std::to_string(epoch + 1)}, {"metrics_csv", metrics_csv(history)},
-                          {"model", "fashion_mnist_cnn"}});
+                          {"model", o.model}});
     write_file_atomic(out / "metrics.csv", metrics_csv(history));
     write_file_atomic(out / "metrics.json", metrics_json(history));
     if (o.stop_after > 0 && epoch + 1 >= o.stop_after && epoch + 1 < o.epochs) {

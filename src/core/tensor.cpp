@@ -28,7 +28,9 @@ Shape contiguous_strides(const Shape& s) {
   int64_t acc = 1;
   for (int64_t i = (int64_t)s.size() - 1; i >= 0; i--) {
     st[i] = acc;
-    acc *= std::max<int64_t>(s[i], 1);
+    // Size 0 counts as 1 (as PyTorch), so an empty tensor's strides can overflow: [0, 2^40, 2^40].
+    TB_CHECK(i == 0 || !__builtin_mul_overflow(acc, std::max<int64_t>(s[i], 1), &acc),
+             "shape {}: stride calculation overflows int64", shape_str(s));
   }
   return st;
 }

@@ -18,6 +18,9 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <fstream>
+#include <limits>
+#include <vector>
 
 namespace fs = std::filesystem;
 
@@ -34,10 +37,36 @@ bool has_image_extension(const fs::path& p) {
 
 } // namespace
 
+// No decoder turns one input byte into more than about 8,300 pixels (PNG: deflate's 1032:1 on
+// 1-bit pixels; GIF's LZW, JPEG's empty blocks and the RLE formats stay far below), so a header
+// claiming more pixels than this many per byte of file is corrupt or a decompression bomb. It is
+// refused before stb_image sees it: stb allocates the whole image from the header's size before
+// it checks that the file holds that many pixels.
+constexpr uint64_t kMaxPixelsPerByte = 16384;
+
 Tensor read_image(const std::string& path, int channels) {
   TB_CHECK(channels >= 1 && channels <= 4, "read_image: channels must be 1..4, got {}", channels);
+  std::vector<uint8_t> bytes;
+  {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    TB_CHECK(in.good(), "read_image: cannot decode '{}': cannot open the file", path);
+    const std::streamoff size = in.tellg();
+    TB_CHECK(size >= 0 && size <= std::numeric_limits<int>::max(),
+             "read_image: cannot decode '{}': {} bytes is beyond stb_image's 2 GB limit", path, size);
+    bytes.resize((size_t)size);
+    in.seekg(0);
+    in.read(reinterpret_cast<char*>(bytes.data()), size);
+    TB_CHECK(in.gcount() == size, "read_image: cannot decode '{}': reading the file failed", path);
+  }
+  const int len = (int)bytes.size();
   int w = 0, h = 0, n = 0;
-  uint8_t* pixels = stbi_load(path.c_str(), &w, &h, &n, channels);
+  TB_CHECK(stbi_info_from_memory(bytes.data(), len, &w, &h, &n), "read_image: cannot decode '{}': {}",
+           path, stbi_failure_reason() ? stbi_failure_reason() : "unknown image format");
+  TB_CHECK(w > 0 && h > 0 && (uint64_t)w * (uint64_t)h <= bytes.size() * kMaxPixelsPerByte,
+           "read_image: cannot decode '{}': its header claims {}×{} pixels in a {}-byte file (more "
+           "than {} pixels per byte): corrupt, or a decompression bomb",
+           path, w, h, bytes.size(), kMaxPixelsPerByte);
+  uint8_t* pixels = stbi_load_from_memory(bytes.data(), len, &w, &h, &n, channels);
   TB_CHECK(pixels != nullptr, "read_image: cannot decode '{}': {}", path,
            stbi_failure_reason() ? stbi_failure_reason() : "unknown reason");
   Tensor out;

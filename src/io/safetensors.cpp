@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <unordered_set>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -116,7 +117,14 @@ struct JValue {
   std::string str;
   int64_t num = 0;
   std::vector<JValue> arr;
-  std::vector<std::pair<std::string, JValue>> obj;
+  // (key, value) members in file order. Not std::pair<std::string, JValue>: a pair of a type still
+  // being defined is ill-formed, which clang rejects.
+  struct Member;
+  std::vector<Member> obj;
+};
+struct JValue::Member {
+  std::string key;
+  JValue value;
 };
 
 const char* kind_name(JValue::Kind k) {
@@ -177,16 +185,16 @@ class JsonParser {
     expect('{');
     skip_ws();
     if (i_ < n_ && s_[i_] == '}') { i_++; return v; }
+    std::unordered_set<std::string> seen; // a linear scan per key is quadratic: 10^6 keys hang
     while (true) {
       skip_ws();
       if (i_ >= n_ || s_[i_] != '"') fail("expected a string key");
       std::string key = parse_string();
-      for (auto& [k, unused] : v.obj)
-        if (k == key) fail(fmt::format("duplicate key '{}'", key));
+      if (!seen.insert(key).second) fail(fmt::format("duplicate key '{}'", key));
       skip_ws();
       expect(':');
       skip_ws();
-      v.obj.emplace_back(std::move(key), parse_value(depth + 1));
+      v.obj.push_back({std::move(key), parse_value(depth + 1)});
       skip_ws();
       if (i_ < n_ && s_[i_] == ',') { i_++; continue; }
       expect('}');
