@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 tools/setup.sh
 [[ -d /usr/local/cuda/bin ]] && export PATH="/usr/local/cuda/bin:$PATH"
 build=${TB_BUILD_DIR:-build}
-if [[ ! -f $build/build.ninja ]]; then meson setup "$build" >/dev/null; fi
+if [[ ! -f $build/build.ninja ]]; then meson setup "$build" | tail -n 25; fi
 ninja -C "$build" examples/train_fashion_mnist
 "$build/examples/train_fashion_mnist" "$@"

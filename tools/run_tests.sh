@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 tools/setup.sh
 [[ -d /usr/local/cuda/bin ]] && export PATH="/usr/local/cuda/bin:$PATH"
 build=${TB_BUILD_DIR:-build}
-if [[ -f $build/build.ninja ]]; then meson setup --reconfigure "$build" >/dev/null
-else meson setup "$build" >/dev/null; fi
+if [[ -f $build/build.ninja ]]; then meson setup --reconfigure "$build" | tail -n 25
+else meson setup "$build" | tail -n 25; fi
 ninja -C "$build"
 meson test -C "$build" --print-errorlogs --num-processes 2
