@@ -2,9 +2,10 @@
 # Installs the Debian packages tensorbrain needs, only those missing (idempotent; run as root).
 #   tools/setup.sh          build + test dependencies and the Fashion-MNIST data
 #   tools/setup.sh --torch  also Debian's PyTorch (for tools/make_fixtures.py and the benchmarks)
+#   tools/setup.sh --fuzz   also clang and its libFuzzer/sanitizer runtimes (for tools/fuzz.sh)
 set -euo pipefail
 packages=(
-  build-essential meson ninja-build pkg-config
+  build-essential meson ninja-build pkg-config cmake   # cmake: meson finds doctest through it
   libopenblas-dev libopenblas-openmp-dev   # BLAS; the OpenMP build shares oneDNN's thread pool
   libdnnl-dev                              # oneDNN 2.x: convolution, pooling
   libfmt-dev doctest-dev libstb-dev zlib1g-dev
@@ -13,6 +14,9 @@ packages=(
 )
 if [[ ${1:-} == --torch ]]; then
   packages+=(python3-torch python3-torchvision libopenblas0-openmp)
+fi
+if [[ ${1:-} == --fuzz ]]; then
+  packages+=(clang-14 libclang-rt-14-dev)
 fi
 missing=()
 for p in "${packages[@]}"; do
