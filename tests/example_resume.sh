@@ -33,5 +33,10 @@ if [[ $(id -u) != 0 ]]; then
 fi
 if "$exe" --out /proc/tb_cannot_write "${common[@]:0:2}" >"$tmp/proc.log" 2>&1; then echo "FAIL: wrote into /proc"; exit 1; fi
 grep -q "tb_cannot_write" "$tmp/proc.log" || { echo "FAIL: message does not name the folder"; cat "$tmp/proc.log"; exit 1; }
-echo "example_resume: same seed -> same losses; resume after epoch 1 -> same losses; bad output folder refused"
+# a zoo model (small-input variant) trains through the same program
+"$exe" --model shufflenet_v2_x0_5 --epochs 1 --limit-train 256 --limit-test 100 --threads 2 --out "$tmp/zoo" >"$tmp/zoo.log"
+grep -q "final test accuracy" "$tmp/zoo.log" || { echo "FAIL: --model run"; cat "$tmp/zoo.log"; exit 1; }
+if "$exe" --model no_such_net --out "$tmp/x" >"$tmp/bad.log" 2>&1; then echo "FAIL: unknown model accepted"; exit 1; fi
+grep -q "no_such_net" "$tmp/bad.log" || { echo "FAIL: message does not name the model"; cat "$tmp/bad.log"; exit 1; }
+echo "example_resume: same seed -> same losses; resume after epoch 1 -> same losses; bad output folder refused; zoo model trains"
 cat "$tmp/a/metrics.csv"

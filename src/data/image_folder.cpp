@@ -5,6 +5,8 @@
 // DataLoader workers may decode at the same time.
 #include <tb/data.h>
 
+#include "image_guard.h"
+
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-function"
 #pragma GCC diagnostic ignored "-Wsign-compare"
@@ -58,6 +60,9 @@ Tensor read_image(const std::string& path, int channels) {
     in.read(reinterpret_cast<char*>(bytes.data()), size);
     TB_CHECK(in.gcount() == size, "read_image: cannot decode '{}': reading the file failed", path);
   }
+  detail::guard_image_bytes(path, bytes); // inputs that break stb_image 2.27 (found by fuzzing)
+  if (auto pnm = detail::decode_pnm16(bytes, channels)) // stb_image 2.27 decodes these wrongly
+    return from_buffer(pnm->data.data(), {pnm->height, pnm->width, channels}, kUInt8);
   const int len = (int)bytes.size();
   int w = 0, h = 0, n = 0;
   TB_CHECK(stbi_info_from_memory(bytes.data(), len, &w, &h, &n), "read_image: cannot decode '{}': {}",
