@@ -13,6 +13,7 @@
 #include <tb/tb.h>
 #include <tb/data.h>
 #include <tb/models.h>
+#include <tb/nn_checks.h>
 
 #include <chrono>
 #include <cmath>
@@ -39,7 +40,7 @@ struct Options {
   int64_t limit_train = 0;          // use only the first N training images (0: all); for tests
   int64_t limit_test = 0;
   int stop_after = 0;               // stop after this many epochs, as if interrupted (tests)
-  std::string on_nonfinite = "stop"; // a NaN/Inf loss: "stop" the run or "skip" the step
+  std::string on_nonfinite = "stop"; // a NaN/Inf loss or gradient: "stop" the run or "skip" the step
   std::string model = "cnn";         // "cnn" (below) or a zoo model (small-input variant)
 };
 
@@ -61,7 +62,7 @@ static void usage() {
       "  --limit-train N     train on the first N images only (quick runs)\n"
       "  --limit-test N      evaluate on the first N test images only\n"
       "  --stop-after N      stop after epoch N as if interrupted (the schedule still spans --epochs)\n"
-      "  --on-nonfinite M    when the loss is NaN/Inf: stop (default) or skip the step\n"
+      "  --on-nonfinite M    when the loss or a gradient is NaN/Inf: stop (default) or skip the step\n"
       "  --model NAME        cnn (default) or a zoo model, small-input variant: %s\n"
       "  --help              this text\n",
       fmt::format("{}", fmt::join(tb::models::model_names(), ", ")).c_str());
@@ -324,6 +325,19 @@ int run(const Options& o) {
       }
       opt.zero_grad();
       loss.backward();
+      // A finite loss can still give NaN/Inf gradients (an overflow inside backward): name them.
+      auto bad = tb::nn::nonfinite_grads(*net);
+      if (!bad.empty()) {
+        std::printf("\nnon-finite gradient at epoch %d step %lld: %s\n", epoch + 1, (long long)step,
+                    bad[0].str().c_str());
+        TB_CHECK(o.on_nonfinite == "skip", "training stopped at epoch {} step {}: {} (use "
+                 "--on-nonfinite skip to skip such steps, or lower --lr)", epoch + 1, step,
+                 bad[0].str());
+        opt.zero_grad();
+        sched->step();
+        step++;
+        continue;
+      }
       opt.step();
       sched->step();
 

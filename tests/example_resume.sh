@@ -33,6 +33,12 @@ if [[ $(id -u) != 0 ]]; then
 fi
 if "$exe" --out /proc/tb_cannot_write "${common[@]:0:2}" >"$tmp/proc.log" 2>&1; then echo "FAIL: wrote into /proc"; exit 1; fi
 grep -q "tb_cannot_write" "$tmp/proc.log" || { echo "FAIL: message does not name the folder"; cat "$tmp/proc.log"; exit 1; }
+# a diverging run (absurd learning rate) stops with the step named; with skip it runs to the end
+if "$exe" "${common[@]:0:2}" --limit-train 640 --limit-test 100 --lr 1e30 --out "$tmp/nan" >"$tmp/nan.log" 2>&1; then
+  echo "FAIL: a NaN loss did not stop the run"; exit 1; fi
+grep -q "training stopped.*step" "$tmp/nan.log" || { echo "FAIL: no step in the message"; cat "$tmp/nan.log"; exit 1; }
+"$exe" --epochs 1 --limit-train 640 --limit-test 100 --lr 1e30 --on-nonfinite skip --out "$tmp/nan2" >"$tmp/nan2.log" 2>&1 ||
+  { echo "FAIL: --on-nonfinite skip did not finish"; cat "$tmp/nan2.log"; exit 1; }
 # a zoo model (small-input variant) trains through the same program
 "$exe" --model shufflenet_v2_x0_5 --epochs 1 --limit-train 256 --limit-test 100 --threads 2 --out "$tmp/zoo" >"$tmp/zoo.log"
 grep -q "final test accuracy" "$tmp/zoo.log" || { echo "FAIL: --model run"; cat "$tmp/zoo.log"; exit 1; }
