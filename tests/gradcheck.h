@@ -90,6 +90,21 @@ inline void check_error(const std::function<void()>& fn, const std::vector<std::
   }
 }
 
+// A float64 tensor of standard-normal values from its own seeded generator.
+inline tb::Tensor r64(const tb::Shape& s, uint64_t seed) {
+  tb::Generator g(seed);
+  return tb::randn(s, {tb::kFloat64}, &g);
+}
+
+// Runs f with the given CPU kernels (fast or reference) and restores the previous choice.
+template <typename F> auto with_kernels(tb::CpuKernels k, F f) {
+  tb::CpuKernels prev = tb::cpu_kernels();
+  tb::set_cpu_kernels(k);
+  auto r = f();
+  tb::set_cpu_kernels(prev);
+  return r;
+}
+
 // Path to a committed fixture under tests/fixtures.
 inline std::string fixture(const std::string& name) {
   return std::string(TB_SOURCE_DIR) + "/tests/fixtures/" + name;

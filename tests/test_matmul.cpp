@@ -11,13 +11,10 @@ using namespace tb;
 using tbtest::check_error;
 using tbtest::gradcheck;
 using tbtest::max_abs_diff;
+using tbtest::r64;
+using tbtest::with_kernels;
 
 namespace {
-
-Tensor r64(const Shape& s, uint64_t seed) {
-  Generator g(seed);
-  return randn(s, {kFloat64}, &g);
-}
 
 // Plain matmul on 2-D float64 tensors, for checking.
 std::vector<double> naive_mm(const Tensor& a, const Tensor& b) {
@@ -28,14 +25,6 @@ std::vector<double> naive_mm(const Tensor& a, const Tensor& b) {
     for (int64_t j = 0; j < n; j++)
       for (int64_t l = 0; l < k; l++) c[i * n + j] += A[i * k + l] * B[l * n + j];
   return c;
-}
-
-template <typename F> auto with_kernels(CpuKernels k, F f) {
-  CpuKernels prev = cpu_kernels();
-  set_cpu_kernels(k);
-  auto r = f();
-  set_cpu_kernels(prev);
-  return r;
 }
 
 } // namespace

@@ -12,23 +12,12 @@ using namespace tb;
 using tbtest::check_error;
 using tbtest::gradcheck;
 using tbtest::max_abs_diff;
+using tbtest::r64;
+using tbtest::with_kernels;
 
 namespace {
 
-Tensor r64(const Shape& s, uint64_t seed) {
-  Generator g(seed);
-  return randn(s, {kFloat64}, &g);
-}
-
 // Runs f with the reference kernels, then the fast ones, restoring the setting.
-template <typename F> auto with_kernels(CpuKernels k, F f) {
-  CpuKernels prev = cpu_kernels();
-  set_cpu_kernels(k);
-  auto r = f();
-  set_cpu_kernels(prev);
-  return r;
-}
-
 } // namespace
 
 TEST_SUITE("reduce") {

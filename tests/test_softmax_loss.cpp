@@ -11,23 +11,12 @@ using namespace tb;
 using tbtest::check_error;
 using tbtest::gradcheck;
 using tbtest::max_abs_diff;
+using tbtest::r64;
+using tbtest::with_kernels;
 
 namespace {
 
-Tensor r64(const Shape& s, uint64_t seed) {
-  Generator g(seed);
-  return randn(s, {kFloat64}, &g);
-}
-
 Tensor targets(const std::vector<int64_t>& v) { return from_vector(v, {(int64_t)v.size()}); }
-
-template <typename F> auto with_kernels(CpuKernels k, F f) {
-  CpuKernels prev = cpu_kernels();
-  set_cpu_kernels(k);
-  auto r = f();
-  set_cpu_kernels(prev);
-  return r;
-}
 
 // cross_entropy as PyTorch defines it, composed from other ops (logits [N, C], no ignored rows):
 // (1 - eps) nll(log_softmax(x)) + eps mean_c(-log_softmax(x)), averaged over rows.
