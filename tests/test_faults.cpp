@@ -249,6 +249,12 @@ TEST_CASE("images: bombs, truncated files and 16-bit PNM channel conversion") {
   Tensor img = data::read_image(dir / "gray16.pgm", 4);
   CHECK(img.shape() == Shape{1, 2, 4});
   CHECK(img.to_int_vector() == std::vector<int64_t>{0x12, 0x12, 0x12, 255, 255, 255, 255, 255});
+  // a "JPEG" packed with 300 Huffman-table markers, each spanning 64 KB of empty tables: refused
+  // after a bounded amount of work instead of checking 300 × 3855 tables
+  std::string many = "\xff\xd8";
+  for (int k = 0; k < 300; k++) many += std::string("\xff\xc4\xff\xff", 4) + std::string(65540, '\0');
+  write_bytes(dir / "tables.jpg", many);
+  tbtest::check_error([&] { data::read_image(dir / "tables.jpg"); }, {"tables.jpg", "over 1048576 Huffman tables"});
   write_bytes(dir / "garbage.png", "not an image at all");
   tbtest::check_error([&] { data::read_image(dir / "garbage.png"); }, {"garbage.png"});
   tbtest::check_error([&] { data::read_image(dir / "missing.png"); }, {"missing.png"});

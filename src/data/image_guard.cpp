@@ -27,13 +27,18 @@ bool is_jpeg(const std::vector<uint8_t>& b) {
 // and as many symbol bytes as the counts add up to, at most 256. stb_image 2.27 does not check the
 // sum and writes past its 257-byte code-size array. It reaches a marker only through the bytes
 // FF C4, so every such pair in the file is read as a DHT segment, as stb_image would read it.
+// A real JPEG holds a few tables; the budget keeps a file packed with FF C4 pairs from costing
+// quadratic time (each pair's segment may span 64 KB).
 void check_jpeg_huffman_tables(const std::string& path, const std::vector<uint8_t>& b) {
+  long budget = 1 << 20; // tables read in all
   for (size_t m = 0; m + 1 < b.size(); m++) {
     if (b[m] != 0xFF || b[m + 1] != 0xC4) continue;
     size_t i = m + 2;
     long left = (long)((at(b, i) << 8) | at(b, i + 1)) - 2; // segment bytes after the length
     i += 2;
     while (left > 0 && i < b.size()) {
+      TB_CHECK(--budget >= 0, "read_image: cannot decode '{}': corrupt JPEG: over {} Huffman tables",
+               path, 1 << 20);
       i++; // table class and id (stb_image checks those)
       long symbols = 0;
       for (int k = 0; k < 16; k++) symbols += at(b, i++);
