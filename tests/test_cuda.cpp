@@ -323,6 +323,36 @@ TEST_CASE("reductions match the CPU, forward and backward") {
   compare("max with NaN", [](auto& v) { return max(v[0], 1).indices; }, {nan_row}, false);
 }
 
+// A few long rows are cut into pieces reduced by many blocks, then combined (kernels/cuda/reduce.cu):
+// the pieces' boundaries must not lose values, and the first extreme must still win across pieces.
+TEST_CASE("reductions over a few long rows (two-pass) match the CPU") {
+  if (no_gpu()) return;
+  for (DType t : {kFloat32, kFloat64}) {
+    std::string d = dtype_name(t);
+    Tensor one_row = rnd({1, 1000003}, t), few_rows = rnd({3, 200001}, t);
+    compare("sum all, 1M " + d, [](auto& v) { return sum(v[0]); }, {one_row});
+    compare("mean rows " + d, [](auto& v) { return mean(v[0], {1}); }, {few_rows});
+    compare("var rows " + d, [](auto& v) { return var(v[0], {1}, 1, true); }, {few_rows});
+    compare("var all, shifted " + d, [](auto& v) { return var(add(v[0], 100.0)); }, {one_row});
+    compare("max all " + d, [](auto& v) { return max(v[0]); }, {one_row}, false);
+    compare("argmin rows " + d, [](auto& v) { return argmin(v[0], 1); }, {few_rows}, false);
+    // Columns: tiles of 32 (the last one partial), pieces of r, two passes.
+    Tensor tall = rnd({20000, 70}, t), cube = rnd({2, 5000, 33}, t), bias_grad = rnd({1024, 1000}, t);
+    compare("sum dim 0, tall " + d, [](auto& v) { return sum(v[0], {0}); }, {tall});
+    compare("mean dim 0, batch x features " + d, [](auto& v) { return mean(v[0], {0}); }, {bias_grad});
+    compare("var middle dim " + d, [](auto& v) { return var(v[0], {1}); }, {cube});
+    // Ties across piece boundaries: the first index wins; a NaN late in a row beats every number.
+    Tensor ties = randint(0, 2, {2, 300000}, {kInt64}).to(t);
+    check_equal(argmax(ties.to(kGPU), 1).cpu(), argmax(ties, 1), "argmax ties " + d);
+    Tensor late_nan = rnd({2, 300000}, t);
+    late_nan[1][299999].fill_(NAN);  // in the row's last piece
+    auto mc = max(late_nan, 1), mg = max(late_nan.to(kGPU), 1);
+    check_equal(mg.indices.cpu(), mc.indices, "max with a late NaN " + d);
+  }
+  Tensor ints = randint(-1000, 1000, {2, 100000}, {kInt64});
+  compare("int64 sum, long rows", [](auto& v) { return sum(v[0], {1}); }, {ints}, false);
+}
+
 TEST_CASE("softmax, log_softmax and the losses match the CPU, forward and backward") {
   if (no_gpu()) return;
   for (DType t : {kFloat32, kFloat64}) {

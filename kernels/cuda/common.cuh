@@ -68,6 +68,25 @@ struct MaxOp { // NaN wins, as PyTorch's max
   }
 };
 
+// Temporary device memory for a kernel's partial results, from the caching allocator, freed when
+// it goes out of scope. Freeing right after the launches is safe: every kernel runs on the one
+// stream, so the next user of the block runs after them.
+struct DeviceScratch {
+  Device device;
+  size_t nbytes;
+  void* data;
+  explicit DeviceScratch(size_t bytes) : nbytes(bytes) {
+    int d = 0;
+    cuda_check(cudaGetDevice(&d), "cudaGetDevice");
+    device = cuda_device(d);
+    data = device_alloc(device, nbytes);
+  }
+  ~DeviceScratch() { device_free(device, data, nbytes); }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  template <typename T> T* as() const { return (T*)data; }
+};
+
 // The error for a dtype a CUDA kernel does not handle.
 [[noreturn]] inline void cuda_no_kernel(const char* op, DType dtype) {
   throw Error(fmt::format("{}: no CUDA kernel for dtype {}", op, dtype_name(dtype)));

@@ -2,50 +2,162 @@
 // (the specification is kernels/ref/reduce.cpp; the layout is described in kernels/reduce.h).
 //
 // Two shapes of work:
-//   inner == 1 (reducing the last dims, the common case): one block of kBlock threads per output;
-//     thread t takes r = t, t + kBlock, ... and a shared-memory tree combines the partials;
-//   inner > 1: one thread per output (o, i), looping over r; neighbouring threads read neighbouring
-//     i, so the loads coalesce.
+//   inner == 1 (reducing the last dims, the common case): each output row is cut into `chunks`
+//     pieces, one block of kBlock threads per piece; thread t takes r = t, t + kBlock, ... and a
+//     shared-memory tree combines the partials. With many rows one piece per row fills the GPU
+//     (chunks = 1, one launch). With few long rows (a full sum of 64M values is ONE row) a single
+//     block per row would leave all but one of the ~132 multiprocessors idle, so the rows are cut
+//     into up to 1024 pieces and a second launch adds each row's partial results;
+//   inner > 1 (sum, mean, var; e.g. a bias gradient, the sum over the batch of [batch, features]):
+//     a block takes 32 neighbouring columns i and a piece of r; its 8 warps take every 8th r, each
+//     warp reading 32 neighbouring values (one coalesced load), and the 8 partials of a column are
+//     added in a fixed order. Few columns over a long r are cut into pieces the same way as rows.
+//     max/min over inner > 1 keep one thread per output (o, i), looping over r.
 // Floating sums accumulate in double, as the reference; the tree order is fixed, so results are
 // the same on every run (not bit-equal to the reference's sequential order).
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/reduce.h"
 
 namespace tb::kernels {
 
+// How many pieces to cut a reduction of length `reduce` into when `units` blocks would otherwise
+// do it (one per row, or per tile of columns): enough that the blocks fill the GPU several times
+// over, each piece at least min_len long (so that the second pass, over the pieces' partials, is
+// tiny). 1 means one pass.
+static int64_t pieces_for(int64_t units, int64_t reduce, int64_t min_len) {
+  constexpr int64_t kTargetBlocks = 1024;
+  if (units >= kTargetBlocks) return 1;
+  int64_t by_size = (reduce + min_len - 1) / min_len;
+  int64_t by_units = (kTargetBlocks + units - 1) / units;
+  return std::max<int64_t>(1, std::min(by_size, by_units));
+}
+
+// Rows of `reduce` values cut into pieces of chunk_len (the last may be shorter); block b takes
+// piece b % chunks of row b / chunks, values [begin, end) of that row.
+struct RowPiece {
+  int64_t row, begin, end;
+};
+__device__ inline RowPiece row_piece(int64_t reduce, int64_t chunks, int64_t chunk_len) {
+  int64_t b = blockIdx.x, j = b % chunks;
+  int64_t begin = j * chunk_len, end = begin + chunk_len < reduce ? begin + chunk_len : reduce;
+  return {b / chunks, begin, end};
+}
+
 // ---- sum / mean --------------------------------------------------------------------------------
 // out[o, i] = scale * sum_r x[o, r, i]; Acc is double for floats, int64 for int64.
 
-template <typename T, typename Acc>
-__global__ void sum_rows_kernel(const T* x, T* out, int64_t reduce, double scale) {
-  const T* row = x + (int64_t)blockIdx.x * reduce;
+// Block b: out[b] = scale * sum over its piece of x (or of (x - center[row])^2 when center is
+// given: the second pass of the variance). In the first of two passes Out is Acc and scale 1;
+// the second pass runs this same kernel over the partials, one piece per row.
+template <typename In, typename Acc, typename Out>
+__global__ void sum_pieces_kernel(const In* x, const double* center, Out* out, int64_t reduce,
+                                  int64_t chunks, int64_t chunk_len, double scale) {
+  RowPiece p = row_piece(reduce, chunks, chunk_len);
+  const In* row = x + p.row * reduce;
   Acc acc = 0;
-  for (int64_t r = threadIdx.x; r < reduce; r += kBlock) acc += (Acc)row[r];
+  if (center) {
+    double c = center[p.row];
+    for (int64_t r = p.begin + threadIdx.x; r < p.end; r += kBlock) {
+      double d = (double)row[r] - c;
+      acc += d * d;
+    }
+  } else {
+    for (int64_t r = p.begin + threadIdx.x; r < p.end; r += kBlock) acc += (Acc)row[r];
+  }
   acc = block_reduce(acc, SumOp{});
-  if (threadIdx.x == 0) out[blockIdx.x] = scale == 1.0 ? (T)acc : (T)(acc * scale);
+  if (threadIdx.x == 0) out[blockIdx.x] = scale == 1.0 ? (Out)acc : (Out)(acc * scale);
 }
 
-template <typename T, typename Acc>
-__global__ void sum_cols_kernel(const T* x, T* out, int64_t outer, int64_t reduce, int64_t inner,
-                                double scale) {
-  TB_GRID_STRIDE_LOOP(k, outer * inner) {
-    int64_t o = k / inner, i = k % inner;
-    const T* p = x + o * reduce * inner + i;
-    Acc acc = 0;
-    for (int64_t r = 0; r < reduce; r++) acc += (Acc)p[r * inner];
-    out[k] = scale == 1.0 ? (T)acc : (T)(acc * scale);
+// out[o] = scale * sum_r f(x[o, r]) for `outer` rows, in one launch or two (see the top).
+template <typename T, typename Acc, typename Out>
+static void sum_rows(const T* x, const double* center, Out* out, int64_t outer, int64_t reduce,
+                     double scale) {
+  int64_t chunks = pieces_for(outer, reduce, 16384);
+  if (chunks == 1) {
+    sum_pieces_kernel<T, Acc, Out><<<(unsigned)outer, kBlock, 0, cuda_stream()>>>(
+        x, center, out, reduce, 1, reduce, scale);
+    return;
   }
+  int64_t chunk_len = (reduce + chunks - 1) / chunks;
+  chunks = (reduce + chunk_len - 1) / chunk_len;
+  DeviceScratch partial(outer * chunks * sizeof(Acc));
+  sum_pieces_kernel<T, Acc, Acc><<<(unsigned)(outer * chunks), kBlock, 0, cuda_stream()>>>(
+      x, center, partial.as<Acc>(), reduce, chunks, chunk_len, 1.0);
+  sum_pieces_kernel<Acc, Acc, Out><<<(unsigned)outer, kBlock, 0, cuda_stream()>>>(
+      partial.as<Acc>(), nullptr, out, chunks, 1, chunks, scale);
+}
+
+// Columns: block b takes tile `tile` (32 columns) of outer index o and piece j of r; the result
+// for column i goes to out[(o * chunks + j) * inner + i], so the partials of a two-pass sum are an
+// [outer, chunks, inner] tensor that the second pass (this kernel again) reduces over chunks.
+constexpr int kTileCols = 32, kTileRows = kBlock / kTileCols;
+template <typename In, typename Acc, typename Out>
+__global__ void sum_cols_pieces_kernel(const In* x, const double* center, Out* out, int64_t reduce,
+                                       int64_t inner, int64_t tiles, int64_t chunks,
+                                       int64_t chunk_len, double scale) {
+  __shared__ Acc buf[kTileRows][kTileCols];
+  int64_t b = blockIdx.x, j = b % chunks, tile = (b / chunks) % tiles, o = b / chunks / tiles;
+  int lane = threadIdx.x % kTileCols, group = threadIdx.x / kTileCols;
+  int64_t i = tile * kTileCols + lane;
+  int64_t begin = j * chunk_len, end = begin + chunk_len < reduce ? begin + chunk_len : reduce;
+  Acc acc = 0;
+  if (i < inner) {
+    const In* p = x + o * reduce * inner + i;
+    if (center) {
+      double c = center[o * inner + i];
+      for (int64_t r = begin + group; r < end; r += kTileRows) {
+        double d = (double)p[r * inner] - c;
+        acc += d * d;
+      }
+    } else {
+      for (int64_t r = begin + group; r < end; r += kTileRows) acc += (Acc)p[r * inner];
+    }
+  }
+  buf[group][lane] = acc;
+  __syncthreads();
+  if (group == 0 && i < inner) {
+    for (int g = 1; g < kTileRows; g++) acc += buf[g][lane];
+    out[(o * chunks + j) * inner + i] = scale == 1.0 ? (Out)acc : (Out)(acc * scale);
+  }
+}
+
+template <typename T, typename Acc, typename Out>
+static void sum_cols(const T* x, const double* center, Out* out, int64_t outer, int64_t reduce,
+                     int64_t inner, double scale) {
+  int64_t tiles = (inner + kTileCols - 1) / kTileCols;
+  int64_t chunks = pieces_for(outer * tiles, reduce, 512);
+  TB_CHECK(outer * tiles * chunks < (int64_t)1 << 31, "sum: {} x {} x {} is too large for one launch",
+           outer, reduce, inner);
+  if (chunks == 1) {
+    sum_cols_pieces_kernel<T, Acc, Out><<<(unsigned)(outer * tiles), kBlock, 0, cuda_stream()>>>(
+        x, center, out, reduce, inner, tiles, 1, reduce, scale);
+    return;
+  }
+  int64_t chunk_len = (reduce + chunks - 1) / chunks;
+  chunks = (reduce + chunk_len - 1) / chunk_len;
+  DeviceScratch partial(outer * chunks * inner * sizeof(Acc));
+  sum_cols_pieces_kernel<T, Acc, Acc><<<(unsigned)(outer * tiles * chunks), kBlock, 0,
+                                        cuda_stream()>>>(x, center, partial.as<Acc>(), reduce,
+                                                         inner, tiles, chunks, chunk_len, 1.0);
+  sum_cols_pieces_kernel<Acc, Acc, Out><<<(unsigned)(outer * tiles), kBlock, 0, cuda_stream()>>>(
+      partial.as<Acc>(), nullptr, out, chunks, inner, tiles, 1, chunks, scale);
+}
+
+// out[o, i] = scale * sum_r f(x[o, r, i]), f(x) = x, or (x - center[o, i])^2 (the variance).
+template <typename T, typename Acc, typename Out>
+static void sum_reduce(const T* x, const double* center, Out* out, int64_t outer, int64_t reduce,
+                       int64_t inner, double scale) {
+  TB_CHECK(outer < (int64_t)1 << 31, "sum: {} rows are too many for one launch", outer);
+  if (inner == 1) sum_rows<T, Acc, Out>(x, center, out, outer, reduce, scale);
+  else sum_cols<T, Acc, Out>(x, center, out, outer, reduce, inner, scale);
 }
 
 template <typename T, typename Acc>
 static void launch_sum(const void* x, void* out, int64_t outer, int64_t reduce, int64_t inner,
                        double scale) {
-  if (inner == 1 && outer < (int64_t)1 << 31)
-    sum_rows_kernel<T, Acc><<<(unsigned)outer, kBlock, 0, cuda_stream()>>>((const T*)x, (T*)out,
-                                                                          reduce, scale);
-  else
-    sum_cols_kernel<T, Acc><<<grid_for(outer * inner), kBlock, 0, cuda_stream()>>>(
-        (const T*)x, (T*)out, outer, reduce, inner, scale);
+  sum_reduce<T, Acc, T>((const T*)x, nullptr, (T*)out, outer, reduce, inner, scale);
   cuda_check_launch("sum");
 }
 
@@ -74,19 +186,27 @@ __device__ bool arg_better(ArgReduceOp op, T v, int64_t r, T best, int64_t best_
   return op == ArgReduceOp::Max ? v > best : v < best;
 }
 
+// Block b: the best (value, index) over its piece. Candidate r's index is r, or index_in[r] in
+// the second pass (over the first pass's per-piece winners, whose indices are positions in the
+// original row). Either output may be nullptr.
 template <typename T>
-__global__ void arg_rows_kernel(ArgReduceOp op, const T* x, T* values, int64_t* indices,
-                                int64_t reduce) {
+__global__ void arg_pieces_kernel(ArgReduceOp op, const T* x, const int64_t* index_in, T* values,
+                                  int64_t* indices, int64_t reduce, int64_t chunks,
+                                  int64_t chunk_len) {
   __shared__ T best_v[kBlock];
   __shared__ int64_t best_r[kBlock];
-  const T* row = x + (int64_t)blockIdx.x * reduce;
+  RowPiece p = row_piece(reduce, chunks, chunk_len);
+  const T* row = x + p.row * reduce;
+  const int64_t* row_index = index_in ? index_in + p.row * reduce : nullptr;
   int t = threadIdx.x;
-  // Every thread starts from its first element (reduce >= kBlock) or from element 0.
-  int64_t r0 = t < reduce ? t : 0;
+  // Every thread starts from its first element of the piece (or from the piece's first one).
+  int64_t r0 = p.begin + t < p.end ? p.begin + t : p.begin;
   T bv = row[r0];
-  int64_t br = r0;
-  for (int64_t r = r0 + kBlock; r < reduce; r += kBlock)
-    if (arg_better(op, row[r], r, bv, br)) bv = row[r], br = r;
+  int64_t br = row_index ? row_index[r0] : r0;
+  for (int64_t r = r0 + kBlock; r < p.end; r += kBlock) {
+    int64_t idx = row_index ? row_index[r] : r;
+    if (arg_better(op, row[r], idx, bv, br)) bv = row[r], br = idx;
+  }
   best_v[t] = bv;
   best_r[t] = br;
   __syncthreads();
@@ -101,6 +221,25 @@ __global__ void arg_rows_kernel(ArgReduceOp op, const T* x, T* values, int64_t* 
     if (values) values[blockIdx.x] = best_v[0];
     if (indices) indices[blockIdx.x] = best_r[0];
   }
+}
+
+// The best of each of `outer` rows, in one launch or two (see the top of the file).
+template <typename T>
+static void arg_rows(ArgReduceOp op, const T* x, T* values, int64_t* indices, int64_t outer,
+                     int64_t reduce) {
+  int64_t chunks = pieces_for(outer, reduce, 16384);
+  if (chunks == 1) {
+    arg_pieces_kernel<T><<<(unsigned)outer, kBlock, 0, cuda_stream()>>>(
+        op, x, nullptr, values, indices, reduce, 1, reduce);
+    return;
+  }
+  int64_t chunk_len = (reduce + chunks - 1) / chunks;
+  chunks = (reduce + chunk_len - 1) / chunk_len;
+  DeviceScratch part_v(outer * chunks * sizeof(T)), part_i(outer * chunks * sizeof(int64_t));
+  arg_pieces_kernel<T><<<(unsigned)(outer * chunks), kBlock, 0, cuda_stream()>>>(
+      op, x, nullptr, part_v.as<T>(), part_i.as<int64_t>(), reduce, chunks, chunk_len);
+  arg_pieces_kernel<T><<<(unsigned)outer, kBlock, 0, cuda_stream()>>>(
+      op, part_v.as<T>(), part_i.as<int64_t>(), values, indices, chunks, 1, chunks);
 }
 
 template <typename T>
@@ -122,8 +261,7 @@ template <typename T>
 static void launch_arg(ArgReduceOp op, const void* x, void* values, int64_t* indices,
                        int64_t outer, int64_t reduce, int64_t inner) {
   if (inner == 1 && outer < (int64_t)1 << 31)
-    arg_rows_kernel<T><<<(unsigned)outer, kBlock, 0, cuda_stream()>>>(op, (const T*)x, (T*)values,
-                                                                     indices, reduce);
+    arg_rows<T>(op, (const T*)x, (T*)values, indices, outer, reduce);
   else
     arg_cols_kernel<T><<<grid_for(outer * inner), kBlock, 0, cuda_stream()>>>(
         op, (const T*)x, (T*)values, indices, outer, reduce, inner);
@@ -171,54 +309,22 @@ void cuda_reduce_arg_backward(DType dtype, const void* dy, const int64_t* indice
 // ---- variance (two passes, in double) -------------------------------------------------------------
 // mean = sum_r x / reduce;  var = sum_r (x - mean)^2 / max(0, reduce - correction).
 
+// mean = sum / reduce into a double scratch tensor [outer, inner], then the sum of (x - mean)^2,
+// both with sum_reduce (so long reductions are cut into pieces too); mean is written out as T if
+// asked for.
 template <typename T>
-__global__ void var_rows_kernel(const T* x, T* var, T* mean, int64_t reduce, int64_t correction) {
-  const T* row = x + (int64_t)blockIdx.x * reduce;
-  double s = 0;
-  for (int64_t r = threadIdx.x; r < reduce; r += kBlock) s += (double)row[r];
-  double m = block_reduce(s, SumOp{}) / (double)reduce;
-  double ss = 0;
-  for (int64_t r = threadIdx.x; r < reduce; r += kBlock) {
-    double d = (double)row[r] - m;
-    ss += d * d;
-  }
-  ss = block_reduce(ss, SumOp{});
-  if (threadIdx.x == 0) {
-    int64_t div = reduce - correction > 0 ? reduce - correction : 0;
-    var[blockIdx.x] = (T)(ss / (double)div);
-    if (mean) mean[blockIdx.x] = (T)m;
-  }
-}
-
-template <typename T>
-__global__ void var_cols_kernel(const T* x, T* var, T* mean, int64_t outer, int64_t reduce,
-                                int64_t inner, int64_t correction) {
-  TB_GRID_STRIDE_LOOP(k, outer * inner) {
-    int64_t o = k / inner, i = k % inner;
-    const T* p = x + o * reduce * inner + i;
-    double s = 0;
-    for (int64_t r = 0; r < reduce; r++) s += (double)p[r * inner];
-    double m = s / (double)reduce;
-    double ss = 0;
-    for (int64_t r = 0; r < reduce; r++) {
-      double d = (double)p[r * inner] - m;
-      ss += d * d;
-    }
-    int64_t div = reduce - correction > 0 ? reduce - correction : 0;
-    var[k] = (T)(ss / (double)div);
-    if (mean) mean[k] = (T)m;
-  }
-}
-
-template <typename T>
-static void launch_var(const void* x, void* var, void* mean, int64_t outer, int64_t reduce,
+static void launch_var(const void* xv, void* var, void* mean, int64_t outer, int64_t reduce,
                        int64_t inner, int64_t correction) {
-  if (inner == 1 && outer < (int64_t)1 << 31)
-    var_rows_kernel<T><<<(unsigned)outer, kBlock, 0, cuda_stream()>>>((const T*)x, (T*)var,
-                                                                     (T*)mean, reduce, correction);
-  else
-    var_cols_kernel<T><<<grid_for(outer * inner), kBlock, 0, cuda_stream()>>>(
-        (const T*)x, (T*)var, (T*)mean, outer, reduce, inner, correction);
+  const T* x = (const T*)xv;
+  DeviceScratch mean_d(outer * inner * sizeof(double));
+  sum_reduce<T, double, double>(x, nullptr, mean_d.as<double>(), outer, reduce, inner,
+                                1.0 / (double)reduce);
+  int64_t div = reduce - correction > 0 ? reduce - correction : 0;
+  sum_reduce<T, double, T>(x, mean_d.as<double>(), (T*)var, outer, reduce, inner,
+                           1.0 / (double)div);
+  if (mean) // a copy with conversion: a "sum" over one value
+    sum_reduce<double, double, T>(mean_d.as<double>(), nullptr, (T*)mean, outer * inner, 1, 1,
+                                  1.0);
   cuda_check_launch("var");
 }
 
