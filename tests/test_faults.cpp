@@ -123,6 +123,24 @@ TEST_CASE("inputs that crashed a fuzzer are now rejected with tb::Error (or load
   MESSAGE("replayed " << replayed << " fuzzer regression inputs");
 }
 
+TEST_CASE("image: a JPEG scan that decodes with a Huffman table no DHT defined is refused") {
+  // A valid baseline JPEG (a fuzz seed; its first byte is the harness's channel count) whose
+  // second and third components are switched to DC/AC table 2, which it never defines. stb_image
+  // 2.27 would decode them with whatever its heap held (found by fuzzing).
+  auto seed = read_bytes((fs::path(TB_SOURCE_DIR) / "tests/fuzz/corpus/image/jpeg_rgb_q95").string());
+  std::string jpeg(seed.begin() + 1, seed.end());
+  size_t sos = jpeg.find("\xff\xda");
+  REQUIRE(sos != std::string::npos);
+  REQUIRE(jpeg[sos + 4] == 3); // three components: id, tables; id, tables; id, tables
+  TempDir dir;
+  write_bytes(dir / "ok.jpg", jpeg);
+  CHECK(data::read_image(dir / "ok.jpg", 3).size(2) == 3);
+  jpeg[sos + 8] = jpeg[sos + 10] = 0x22;
+  write_bytes(dir / "bad.jpg", jpeg);
+  tbtest::check_error([&] { data::read_image(dir / "bad.jpg", 3); },
+                      {"read_image", dir / "bad.jpg", "Huffman table DC 2", "no DHT segment"});
+}
+
 // ---- limits: hostile headers fail before any large allocation -------------------------------
 
 TEST_CASE("safetensors: huge, negative, overflowing and truncated headers") {

@@ -50,6 +50,55 @@ void check_jpeg_huffman_tables(const std::string& path, const std::vector<uint8_
   }
 }
 
+// JPEG SOS (start of scan, FF DA): the scan's components name the DC and AC Huffman tables they are
+// decoded with. stb_image 2.27 keeps its tables in a malloc'd struct and never checks that a DHT
+// defined the one a scan uses: an undefined table is whatever the heap held (found by fuzzing:
+// out-of-bounds reads indexed by it). Every FF C4 pair can define tables as stb_image reads them
+// (above), so a scan is refused when no FF C4 segment before it defines a table it decodes with:
+// baseline scans use both tables of each component, progressive (SOF2) DC scans the DC table
+// (first pass only: refinements read raw bits) and AC scans the AC table. (stb_image's own
+// allocations are zeroed as well, see image_folder.cpp: a DHT that stb_image skips, say inside
+// an APP segment, then leaves a table that decodes as zeros rather than as garbage.)
+void check_jpeg_scan_tables(const std::string& path, const std::vector<uint8_t>& b) {
+  bool defined[2][4] = {};  // [class: 0 DC, 1 AC][id]
+  bool progressive = false; // the last frame header (SOFn) seen
+  for (size_t m = 0; m + 1 < b.size(); m++) {
+    if (b[m] != 0xFF) continue;
+    uint8_t marker = b[m + 1];
+    if (marker == 0xC0 || marker == 0xC1) progressive = false;
+    if (marker == 0xC2) progressive = true;
+    if (marker == 0xC4) { // the same walk over the tables as check_jpeg_huffman_tables
+      size_t i = m + 4;
+      long left = (long)((at(b, m + 2) << 8) | at(b, m + 3)) - 2;
+      while (left > 0 && i < b.size()) {
+        uint8_t tc = at(b, i);
+        if ((tc >> 4) <= 1 && (tc & 15) <= 3) defined[tc >> 4][tc & 15] = true;
+        long symbols = 0;
+        for (int k = 0; k < 16; k++) symbols += at(b, i + 1 + k);
+        i += 17 + (size_t)symbols;
+        left -= 17 + symbols;
+      }
+    }
+    if (marker != 0xDA) continue;
+    // FF DA, length (2), component count n, n x (component id, DC table << 4 | AC table),
+    // spectral start Ss, spectral end, successive approximation Ah << 4 | Al.
+    int n = at(b, m + 4);
+    size_t tail = m + 5 + 2 * (size_t)n;
+    bool dc_scan = at(b, tail) == 0, first_pass = (at(b, tail + 2) >> 4) == 0;
+    bool uses_dc = !progressive || (dc_scan && first_pass), uses_ac = !progressive || !dc_scan;
+    for (int k = 0; k < n; k++) {
+      uint8_t tables = at(b, m + 6 + 2 * (size_t)k);
+      int dc = tables >> 4, ac = tables & 15;
+      if (dc > 3 || ac > 3) continue; // stb_image refuses these itself
+      TB_CHECK(!(uses_dc && !defined[0][dc]) && !(uses_ac && !defined[1][ac]),
+               "read_image: cannot decode '{}': corrupt JPEG: the scan at byte {} decodes with "
+               "Huffman table {} {}, which no DHT segment before it defines",
+               path, m, uses_dc && !defined[0][dc] ? "DC" : "AC",
+               uses_dc && !defined[0][dc] ? dc : ac);
+    }
+  }
+}
+
 // Binary PGM/PPM header "P5|P6 <ws> width <ws> height <ws> maxval <one ws char>", with '#'
 // comments, read with stb_image's rules. stb_image 2.27 parses the numbers into an int without an
 // overflow check (undefined behaviour) and never checks that the samples are all there (it
@@ -137,7 +186,10 @@ void check_png_chunks(const std::string& path, std::vector<uint8_t>& b) {
 } // namespace
 
 void guard_image_bytes(const std::string& path, std::vector<uint8_t>& bytes) {
-  if (is_jpeg(bytes)) check_jpeg_huffman_tables(path, bytes);
+  if (is_jpeg(bytes)) {
+    check_jpeg_huffman_tables(path, bytes);
+    check_jpeg_scan_tables(path, bytes);
+  }
   check_pnm(path, bytes);
   check_png_chunks(path, bytes);
 }

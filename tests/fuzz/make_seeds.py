@@ -83,7 +83,7 @@ def seeds_idx():
     lab = idx(0x801, [2], bytes([3, 9]))
     put("idx", "plain", idx_input(0, img, lab))
     put("idx", "gzip_by_flags", idx_input(3, img, lab))
-    put("idx", "gzip_raw", idx_input(0, gzip.compress(img), gzip.compress(lab)))
+    put("idx", "gzip_raw", idx_input(0, gzip.compress(img, mtime=0), gzip.compress(lab, mtime=0)))
     put("idx", "one_pixel", idx_input(0, idx(0x803, [1, 1, 1], b"\xff"), idx(0x801, [1], b"\x00")))
     put("idx", "gzip_images_only", idx_input(1, idx(0x803, [3, 2, 2], bytes(12)),
                                              idx(0x801, [3], bytes([0, 1, 2]))))
@@ -267,11 +267,29 @@ def stb_seeds():
                 put("image", name, with_channels(ch, f.read()))
 
 
+def pil_seeds():
+    """Progressive JPEGs (stb_image_write writes baseline only), if Pillow is there."""
+    try:
+        from PIL import Image
+    except ImportError:
+        print("make_seeds: no Pillow: progressive JPEG seeds skipped", file=sys.stderr)
+        return
+    import io
+    for name, mode, ch in [("jpeg_progressive_rgb", "RGB", 3), ("jpeg_progressive_gray", "L", 1)]:
+        img = Image.new(mode, (19, 13))
+        img.putdata([((x * 13 + y * 7) % 256,) * (3 if mode == "RGB" else 1) if mode == "RGB"
+                     else (x * 13 + y * 7) % 256 for y in range(13) for x in range(19)])
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", progressive=True, quality=85)
+        put("image", name, with_channels(ch, buf.getvalue()))
+
+
 if __name__ == "__main__":
     seeds_safetensors()
     seeds_idx()
     seeds_cifar()
     seeds_image()
+    pil_seeds()
     for t in sorted(os.listdir(ROOT)):
         files = os.listdir(os.path.join(ROOT, t))
         size = sum(os.path.getsize(os.path.join(ROOT, t, f)) for f in files)
