@@ -188,6 +188,20 @@ TEST_CASE("OpenMP kernel matches the reference (float32, every layout, both mode
       CHECK(max_abs_diff(results[1][i], results[0][i]) <= 1e-5 * (1 + max_abs(results[0][i])));
     }
   }
+  // Statistics of data far from zero (mean 1000, std 0.01): the fast kernel's one-sweep variance
+  // (shifted by the first row) must not lose it to cancellation.
+  Tensor x = add(mul(randn({64, 8, 6, 6}, {kFloat64}, &gen), 0.01), 1000.0).to(kFloat32);
+  x = x.contiguous_channels_last();
+  Tensor rv[2];
+  for (int k = 0; k < 2; k++) {
+    set_cpu_kernels(k == 0 ? CpuKernels::Reference : CpuKernels::Fast);
+    Tensor rm = zeros({8}), v = zeros({8});
+    batch_norm(x, rm, v, Tensor(), Tensor(), true, 1.0, 1e-5); // momentum 1: v = the batch var
+    rv[k] = v;
+  }
+  set_cpu_kernels(CpuKernels::Fast);
+  CHECK(max_abs(rv[0]) > 5e-5); // about 1e-4, not 0
+  CHECK(max_abs_diff(rv[1], rv[0]) <= 1e-3 * max_abs(rv[0]));
 }
 
 TEST_CASE("batch_norm refuses bad input") {

@@ -3,17 +3,19 @@
 //
 // Two layouts (the op layer passes one of them):
 //   rows   (sc == 1, ss != 1: channels-last [N, H, W, C] or [N, C]): M = N*S rows of C
-//          contiguous values. Threads split the rows; each keeps per-channel partial sums (double) and the partials
-//          are added in thread order, so results do not depend on timing. Inner loops run over
-//          C contiguous values and vectorise.
+//          contiguous values. Threads split the rows; each keeps per-channel partial sums
+//          (double) and the partials are added in thread order, so results do not depend on
+//          timing (channel_sums_rows). Inner loops run over contiguous channels and vectorise.
 //   planes (ss == 1: NCHW): channel c is N planes of S contiguous values; threads split channels.
-// Each pass is then one elementwise sweep: y = x scale_c + shift_c and
+// Forward statistics take one sweep over x (sums of x - K and (x - K)^2, K a per-channel shift),
+// the backward sums one sweep over x and dy. Each pass is then one elementwise sweep: y = x scale_c + shift_c and
 // dx = A_c dy + B_c x + K_c, with per-channel coefficients computed in double:
 //   scale = w inv_std, shift = b - mean scale;  A = w inv_std;
 //   batch stats: B = -A inv_std^2 sum(dy (x - mean)) / M, K = -B mean - A sum(dy) / M
 //   fixed stats: B = K = 0
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -26,21 +28,62 @@ namespace {
 // values beat rows of one value.
 bool rows_layout(const BatchNormLayout& l) { return l.ss != 1; }
 
-// total[0..width) = sum over every row of what body(row_offset, acc) adds to acc.
-template <typename Body>
-void reduce_rows(const BatchNormLayout& l, int64_t width, double* total, Body body) {
-  int64_t rows = l.N * l.S;
+// Rows layout, the two per-channel sums both passes need, in double:
+//   out[c]     = sum over rows of (u - cu_c)
+//   out[C + c] = sum over rows of (u - cu_c) (v - cv_c)
+// (forward: u = v = x, cu = cv = a shift; backward: u = dy, cu = 0, v = x, cv = mean).
+// Threads split the rows into chunks of kChunk; within a chunk, channels go kLanes at a time with
+// the running sums in small fixed-size arrays that stay in vector registers across the chunk's
+// rows (summing straight into a C-long array would load and store it for every row of only C
+// values). Chunks go to threads in a fixed order and the per-thread partials are added in thread
+// order, so the result does not depend on timing.
+template <typename T>
+void channel_sums_rows(const BatchNormLayout& l, const T* u, const double* cu, const T* v,
+                       const double* cv, double* out) {
+  constexpr int64_t kChunk = 64, kLanes = 16;
+  const int64_t C = l.C, rows = l.N * l.S, chunks = (rows + kChunk - 1) / kChunk;
   int nt = omp_get_max_threads();
-  std::vector<double> partial(nt * width, 0.0);
+  std::vector<double> partial(nt * 2 * C, 0.0);
 #pragma omp parallel num_threads(nt)
   {
-    double* acc = partial.data() + omp_get_thread_num() * width;
+    double* acc = partial.data() + omp_get_thread_num() * 2 * C;
+    int64_t offsets[kChunk];
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; r++) body((r / l.S) * l.sn + (r % l.S) * l.ss, acc);
+    for (int64_t q = 0; q < chunks; q++) {
+      int64_t r0 = q * kChunk, count = std::min(kChunk, rows - r0);
+      for (int64_t i = 0, n = r0 / l.S, sp = r0 % l.S; i < count; i++) { // row r0 + i = (n, sp)
+        offsets[i] = n * l.sn + sp * l.ss;
+        if (++sp == l.S) sp = 0, n++;
+      }
+      for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
+        const int64_t lanes = std::min(kLanes, C - c0);
+        double s1[kLanes] = {}, s2[kLanes] = {}, a[kLanes] = {}, b[kLanes] = {};
+        for (int64_t j = 0; j < lanes; j++) a[j] = cu[c0 + j], b[j] = cv[c0 + j];
+        for (int64_t i = 0; i < count; i++) {
+          const T* ur = u + offsets[i] + c0;
+          const T* vr = v + offsets[i] + c0;
+          if (lanes == kLanes) {
+#pragma omp simd
+            for (int64_t j = 0; j < kLanes; j++) {
+              double du = ur[j] - a[j];
+              s1[j] += du;
+              s2[j] += du * (vr[j] - b[j]);
+            }
+          } else {
+            for (int64_t j = 0; j < lanes; j++) {
+              double du = ur[j] - a[j];
+              s1[j] += du;
+              s2[j] += du * (vr[j] - b[j]);
+            }
+          }
+        }
+        for (int64_t j = 0; j < lanes; j++) acc[c0 + j] += s1[j], acc[C + c0 + j] += s2[j];
+      }
+    }
   }
-  for (int64_t i = 0; i < width; i++) total[i] = 0;
+  for (int64_t i = 0; i < 2 * C; i++) out[i] = 0;
   for (int t = 0; t < nt; t++)
-    for (int64_t i = 0; i < width; i++) total[i] += partial[t * width + i];
+    for (int64_t i = 0; i < 2 * C; i++) out[i] += partial[t * 2 * C + i];
 }
 
 // Calls body(offset, count) for the N contiguous runs of channel c (planes layout).
@@ -54,18 +97,21 @@ template <typename T>
 void affine_pass(const BatchNormLayout& l, const T* x, const T* a, const T* y, const T* b,
                  const T* k, T* out) {
   if (rows_layout(l)) {
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < l.N * l.S; r++) {
-      int64_t off = (r / l.S) * l.sn + (r % l.S) * l.ss;
-      const T* xr = x + off;
-      T* o = out + off;
-      if (y) {
-        const T* yr = y + off;
-        for (int64_t c = 0; c < l.C; c++) o[c] = xr[c] * a[c] + yr[c] * b[c] + k[c];
-      } else {
-        for (int64_t c = 0; c < l.C; c++) o[c] = xr[c] * a[c] + k[c];
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < l.N; n++)
+      for (int64_t s = 0; s < l.S; s++) {
+        int64_t off = n * l.sn + s * l.ss;
+        const T* xr = x + off;
+        T* o = out + off;
+        if (y) {
+          const T* yr = y + off;
+#pragma omp simd
+          for (int64_t c = 0; c < l.C; c++) o[c] = xr[c] * a[c] + yr[c] * b[c] + k[c];
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < l.C; c++) o[c] = xr[c] * a[c] + k[c];
+        }
       }
-    }
     return;
   }
 #pragma omp parallel for collapse(2) schedule(static)
@@ -89,18 +135,18 @@ void forward(const BatchNormLayout& l, const T* x, const T* w, const T* b, bool 
   double M = double(l.N * l.S);
   std::vector<double> mean(l.C), var(l.C);
   if (use_batch_stats && rows_layout(l)) {
-    reduce_rows(l, l.C, mean.data(), [&](int64_t off, double* acc) {
-      for (int64_t c = 0; c < l.C; c++) acc[c] += x[off + c];
-    });
-    for (auto& m : mean) m /= M;
-    const double* mu = mean.data();
-    reduce_rows(l, l.C, var.data(), [&](int64_t off, double* acc) {
-      for (int64_t c = 0; c < l.C; c++) {
-        double d = x[off + c] - mu[c];
-        acc[c] += d * d;
-      }
-    });
-    for (auto& v : var) v /= M;
+    // One sweep over x: per-channel sums of d = x - K and d^2, with K = the first row's values
+    // (a shift that keeps E[d^2] - E[d]^2 free of cancellation when |mean| >> std); then
+    // mean = K + E[d], var = E[d^2] - E[d]^2.
+    std::vector<double> shift(x, x + l.C), sums(2 * l.C);
+    const double* K = shift.data();
+    const int64_t C = l.C;
+    channel_sums_rows(l, x, K, x, K, sums.data());
+    for (int64_t c = 0; c < C; c++) {
+      double ed = sums[c] / M;
+      mean[c] = K[c] + ed;
+      var[c] = std::max(0.0, sums[C + c] / M - ed * ed);
+    }
   } else if (use_batch_stats) {
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < l.C; c++) {
@@ -144,14 +190,8 @@ void backward(const BatchNormLayout& l, const T* x, const T* dy, const T* w, con
   std::vector<double> sums(2 * l.C);
   std::vector<double> mean(save_mean, save_mean + l.C);
   if (rows_layout(l)) {
-    const double* mu = mean.data();
-    reduce_rows(l, 2 * l.C, sums.data(), [&](int64_t off, double* acc) {
-      for (int64_t c = 0; c < l.C; c++) {
-        double d = dy[off + c];
-        acc[c] += d;
-        acc[l.C + c] += d * (x[off + c] - mu[c]);
-      }
-    });
+    std::vector<double> zero(l.C, 0.0);
+    channel_sums_rows(l, dy, zero.data(), x, mean.data(), sums.data());
   } else {
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < l.C; c++) {
