@@ -137,6 +137,9 @@ TEST_CASE("oneDNN kernel matches the reference (forward, dx, dw, db; float32)") 
       {{4, 1, 28, 28}, 8, 5, 5, 1, 2, 1, 1, true},   // 1-channel stem (Fashion-MNIST)
       {{2, 16, 7, 7}, 32, 1, 1, 1, 0, 1, 1, false},  // pointwise
       {{1, 3, 13, 11}, 5, 4, 2, 3, 1, 1, 1, true},   // odd sizes, kernel > stride
+      {{4, 1, 28, 28}, 32, 3, 3, 1, 1, 1, 1, true},  // the Fashion-MNIST first layer
+      {{3, 2, 12, 12}, 4, 3, 3, 1, 2, 2, 1, true},   // 2 channels, dilation 2
+      {{2, 3, 17, 17}, 8, 3, 3, 2, 0, 1, 1, false},  // RGB stem, stride 2, no padding
   };
   Generator gen(7);
   for (const Case& c : cases) {

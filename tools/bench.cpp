@@ -164,6 +164,8 @@ int main(int argc, char** argv) {
     // Keep in sync with tools/bench_torch.py (CONVS): name, C, O, H=W, k, stride, pad, groups.
     std::vector<Conv> convs = {
         {"stem_3to64_7x7s2_224", 3, 64, 224, 7, 2, 3, 1},
+        {"fmnist_1to32_3x3_28", 1, 32, 28, 3, 1, 1, 1},   // few input channels: a first layer
+        {"cifar_3to32_3x3_32", 3, 32, 32, 3, 1, 1, 1},
         {"3x3_64to64_56", 64, 64, 56, 3, 1, 1, 1},
         {"3x3_128to128_28", 128, 128, 28, 3, 1, 1, 1},
         {"3x3_256to256_14", 256, 256, 14, 3, 1, 1, 1},
