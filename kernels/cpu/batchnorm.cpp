@@ -32,11 +32,10 @@ bool rows_layout(const BatchNormLayout& l) { return l.ss != 1; }
 //   out[c]     = sum over rows of (u - cu_c)
 //   out[C + c] = sum over rows of (u - cu_c) (v - cv_c)
 // (forward: u = v = x, cu = cv = a shift; backward: u = dy, cu = 0, v = x, cv = mean).
-// Threads split the rows into chunks of kChunk; within a chunk, channels go kLanes at a time with
-// the running sums in small fixed-size arrays that stay in vector registers across the chunk's
-// rows (summing straight into a C-long array would load and store it for every row of only C
-// values). Chunks go to threads in a fixed order and the per-thread partials are added in thread
-// order, so the result does not depend on timing.
+// Threads split the rows into chunks of kChunk rows; within a chunk the running sums of a vector's
+// worth of channels stay in registers across the rows (summing straight into a C-long array would
+// load and store it for every row of only C values). Chunks go to threads in a fixed order and
+// the per-thread partials are added in thread order, so the result does not depend on timing.
 template <typename T>
 void channel_sums_rows(const BatchNormLayout& l, const T* u, const double* cu, const T* v,
                        const double* cv, double* out) {
@@ -55,30 +54,30 @@ void channel_sums_rows(const BatchNormLayout& l, const T* u, const double* cu, c
         offsets[i] = n * l.sn + sp * l.ss;
         if (++sp == l.S) sp = 0, n++;
       }
-      for (int64_t c0 = 0; c0 < C; c0 += kLanes) {
-        const int64_t lanes = std::min(kLanes, C - c0);
-        double s1[kLanes] = {}, s2[kLanes] = {}, a[kLanes] = {}, b[kLanes] = {};
-        for (int64_t j = 0; j < lanes; j++) a[j] = cu[c0 + j], b[j] = cv[c0 + j];
+      // Channels kLanes at a time, their sums in fixed-size arrays (registers); then the last
+      // C % kLanes channels one by one.
+      int64_t c0 = 0;
+      for (; c0 + kLanes <= C; c0 += kLanes) {
+        double s1[kLanes] = {}, s2[kLanes] = {}, a[kLanes], b[kLanes];
+        for (int64_t j = 0; j < kLanes; j++) a[j] = cu[c0 + j], b[j] = cv[c0 + j];
         for (int64_t i = 0; i < count; i++) {
           const T* ur = u + offsets[i] + c0;
           const T* vr = v + offsets[i] + c0;
-          if (lanes == kLanes) {
 #pragma omp simd
-            for (int64_t j = 0; j < kLanes; j++) {
-              double du = ur[j] - a[j];
-              s1[j] += du;
-              s2[j] += du * (vr[j] - b[j]);
-            }
-          } else {
-            for (int64_t j = 0; j < lanes; j++) {
-              double du = ur[j] - a[j];
-              s1[j] += du;
-              s2[j] += du * (vr[j] - b[j]);
-            }
+          for (int64_t j = 0; j < kLanes; j++) {
+            double du = ur[j] - a[j];
+            s1[j] += du;
+            s2[j] += du * (vr[j] - b[j]);
           }
         }
-        for (int64_t j = 0; j < lanes; j++) acc[c0 + j] += s1[j], acc[C + c0 + j] += s2[j];
+        for (int64_t j = 0; j < kLanes; j++) acc[c0 + j] += s1[j], acc[C + c0 + j] += s2[j];
       }
+      for (int64_t c = c0; c < C; c++)
+        for (int64_t i = 0; i < count; i++) {
+          double du = u[offsets[i] + c] - cu[c];
+          acc[c] += du;
+          acc[C + c] += du * (v[offsets[i] + c] - cv[c]);
+        }
     }
   }
   for (int64_t i = 0; i < 2 * C; i++) out[i] = 0;
