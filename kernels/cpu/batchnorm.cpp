@@ -8,8 +8,8 @@
 //          timing (channel_sums_rows). Inner loops run over contiguous channels and vectorise.
 //   planes (ss == 1: NCHW): channel c is N planes of S contiguous values; threads split channels.
 // Forward statistics take one sweep over x (sums of x - K and (x - K)^2, K a per-channel shift),
-// the backward sums one sweep over x and dy. Each pass is then one elementwise sweep: y = x scale_c + shift_c and
-// dx = A_c dy + B_c x + K_c, with per-channel coefficients computed in double:
+// the backward sums one sweep over x and dy. Each pass then ends with one elementwise sweep:
+// y = x scale_c + shift_c and dx = A_c dy + B_c x + K_c, with per-channel coefficients in double:
 //   scale = w inv_std, shift = b - mean scale;  A = w inv_std;
 //   batch stats: B = -A inv_std^2 sum(dy (x - mean)) / M, K = -B mean - A sum(dy) / M
 //   fixed stats: B = K = 0
