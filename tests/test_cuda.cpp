@@ -1,6 +1,6 @@
-// tests/test_cuda.cpp — the CUDA kernels (kernels/cuda/) against the CPU, through the public ops:
-// every family runs the same inputs on both devices and compares outputs and, through autograd,
-// input gradients. Without a GPU each case says "no CUDA device: skipped" and passes; the first
+// tests/test_cuda.cpp — the CUDA kernels (kernels/cuda/) against the CPU reference kernels
+// (kernels/ref/), through the public ops: every family runs the same inputs on both devices and
+// compares outputs and, through autograd, input gradients. Without a GPU each case says "no CUDA device: skipped" and passes; the first
 // case checks that such a machine refuses CUDA tensors with a clear tb::Error instead of crashing.
 //
 // Tolerances: float64 results differ only by the order of the additions (tree reductions, cuBLAS
@@ -48,10 +48,8 @@ void check_equal(const Tensor& got, const Tensor& want, const std::string& what)
 
 using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
 
-// Runs f on CPU copies and on GPU copies of `inputs`; compares outputs, then the gradients of
-// sum(f * r) for a fixed random r with respect to every floating input (when `grads`).
-void compare(const std::string& what, const Fn& f, const std::vector<Tensor>& inputs,
-             bool grads = true) {
+void compare_on(const std::string& what, const Fn& f, const std::vector<Tensor>& inputs,
+                bool grads) {
   std::vector<Tensor> xc, xg;
   for (const Tensor& x : inputs) {
     Tensor c = x.detach().clone(), g = x.detach().to(kGPU);
@@ -77,6 +75,20 @@ void compare(const std::string& what, const Fn& f, const std::vector<Tensor>& in
     CHECK(xg[i].grad().device() == kGPU);
     check_close(xg[i].grad(), xc[i].grad(), tol, what + " d/dinput" + std::to_string(i));
   }
+}
+
+// Runs f on CPU copies and on GPU copies of `inputs`; compares outputs, then the gradients of
+// sum(f * r) for a fixed random r with respect to every floating input (when `grads`). The CPU
+// side runs the reference kernels (kernels/ref/), so every CUDA kernel is checked against the
+// readable specification of its op.
+void compare(const std::string& what, const Fn& f, const std::vector<Tensor>& inputs,
+             bool grads = true) {
+  struct UseReferenceKernels { // restored even when a REQUIRE ends the test case
+    CpuKernels prev = cpu_kernels();
+    UseReferenceKernels() { set_cpu_kernels(CpuKernels::Reference); }
+    ~UseReferenceKernels() { set_cpu_kernels(prev); }
+  } scope;
+  compare_on(what, f, inputs, grads);
 }
 
 Tensor rnd(const Shape& s, DType t = kFloat32, double scale = 1.0) {
