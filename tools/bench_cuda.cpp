@@ -2,15 +2,15 @@
 //
 //  (a) GEMM float32 (true float32, no TF32): tb::matmul against a raw cublasSgemm on the same
 //      device buffers; the gap is tb's own overhead (the op layer, the allocator, the launch).
-//  (b) memory-bound ops: add, relu and a full sum over 2^26 float32 values, a sum over dim 0, in GB/s of the bytes
-//      they must move (read inputs once, write the output once): the roofline is the card's
-//      memory bandwidth (H100 SXM: about 3.35 TB/s).
+//  (b) memory-bound ops: add, relu and a full sum over 2^26 float32 values, and a sum over dim 0
+//      (a bias gradient), in GB/s of the bytes they must move (read inputs once, write the output
+//      once): the roofline is the card's memory bandwidth (H100 SXM: about 3.35 TB/s).
 //  (c) softmax cross-entropy forward + backward on [4096, 1000] logits.
-//  (d) one training step of an MLP 784-1024-1024-10 (ReLU), batch 1024: forward, loss, backward,
-//      an SGD update of every parameter.
+//  (d) one training step of an MLP 784-1024-1024-10 (ReLU), batch 64 and 1024: forward, loss,
+//      backward, an SGD update of every parameter.
 //
-// Every figure is the median of timed runs after warm-up; each run ends with
-// a device synchronisation so the time covers the GPU's work, not just the launches.
+// Every figure is the median of timed runs after warm-up; each run ends with a device
+// synchronisation, so the time covers the GPU's work, not just the launches.
 // tools/bench_cuda_torch.py times the same cases in PyTorch (same names, same output columns).
 //   build-cuda/tools/bench_cuda [--quick] [--tsv FILE]
 #include <tb/tb.h>
