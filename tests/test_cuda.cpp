@@ -353,6 +353,18 @@ TEST_CASE("reductions over a few long rows (two-pass) match the CPU") {
     compare("sum dim 0, tall " + d, [](auto& v) { return sum(v[0], {0}); }, {tall});
     compare("mean dim 0, batch x features " + d, [](auto& v) { return mean(v[0], {0}); }, {bias_grad});
     compare("var middle dim " + d, [](auto& v) { return var(v[0], {1}); }, {cube});
+    compare("argmin dim 0, tall " + d, [](auto& v) { return argmin(v[0], 0); }, {tall}, false);
+    compare("max middle dim " + d, [](auto& v) { return max(v[0], 1).values; }, {cube});
+    auto cube_c = max(cube, 1), cube_g = max(cube.to(kGPU), 1);
+    check_equal(cube_g.indices.cpu(), cube_c.indices, "max middle dim indices " + d);
+    // Column ties across pieces and tiles, and a NaN late in one column.
+    Tensor col_ties = randint(0, 2, {300000, 3}, {kInt64}).to(t);
+    check_equal(argmax(col_ties.to(kGPU), 0).cpu(), argmax(col_ties, 0), "argmax column ties " + d);
+    check_equal(argmin(col_ties.to(kGPU), 0).cpu(), argmin(col_ties, 0), "argmin column ties " + d);
+    Tensor col_nan = rnd({100000, 40}, t);
+    col_nan[99998][37].fill_(NAN);
+    auto nc = min(col_nan, 0), ng = min(col_nan.to(kGPU), 0);
+    check_equal(ng.indices.cpu(), nc.indices, "min with a late NaN in a column " + d);
     // Ties across piece boundaries: the first index wins; a NaN late in a row beats every number.
     Tensor ties = randint(0, 2, {2, 300000}, {kInt64}).to(t);
     check_equal(argmax(ties.to(kGPU), 1).cpu(), argmax(ties, 1), "argmax ties " + d);

@@ -2,8 +2,8 @@
 //
 //  (a) GEMM float32 (true float32, no TF32): tb::matmul against a raw cublasSgemm on the same
 //      device buffers; the gap is tb's own overhead (the op layer, the allocator, the launch).
-//  (b) memory-bound ops: add, relu and a full sum over 2^26 float32 values, and a sum over dim 0
-//      (a bias gradient), in GB/s of the bytes they must move (read inputs once, write the output
+//  (b) memory-bound ops: add, relu and a full sum over 2^26 float32 values, a sum over dim 0
+//      (a bias gradient) and a min over dim 0 (values and indices), in GB/s of the bytes they must move (read inputs once, write the output
 //      once): the roofline is the card's memory bandwidth (H100 SXM: about 3.35 TB/s).
 //  (c) softmax cross-entropy forward + backward on [4096, 1000] logits.
 //  (d) one training step of an MLP 784-1024-1024-10 (ReLU), batch 64 and 1024: forward, loss,
@@ -99,6 +99,9 @@ void bench_memory(int64_t n, int reps, std::vector<Row>& rows) {
   tb::Tensor g = tb::randn({4096, 1024}).to(gpu);
   ms = median_ms([&] { out = tb::sum(g, {0}); }, reps);
   print_row(rows, "sum_dim0_4096x1024", ms, 4096 * 1024 * 4.0 / 1e9 / (ms * 1e-3), "GB/s");
+  // a per-channel minimum over the batch (values and indices), as an observer takes
+  ms = median_ms([&] { out = tb::min(g, 0).values; }, reps);
+  print_row(rows, "min_dim0_4096x1024", ms, 4096 * 1024 * 4.0 / 1e9 / (ms * 1e-3), "GB/s");
 }
 
 // (c) cross_entropy(logits [rows, classes], targets) forward and backward.

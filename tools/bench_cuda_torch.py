@@ -56,6 +56,8 @@ def main():
     g = torch.randn(4096, 1024, device=dev)
     ms = median_ms(lambda: g.sum(0), reps)
     row("sum_dim0_4096x1024", ms, 4096 * 1024 * 4 / 1e9 / (ms * 1e-3), "GB/s")
+    ms = median_ms(lambda: g.min(0), reps)
+    row("min_dim0_4096x1024", ms, 4096 * 1024 * 4 / 1e9 / (ms * 1e-3), "GB/s")
 
     logits = torch.randn(4096, 1000, device=dev, requires_grad=True)
     target = torch.randint(0, 1000, (4096,), device=dev)

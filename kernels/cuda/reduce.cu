@@ -8,11 +8,12 @@
 //     (chunks = 1, one launch). With few long rows (a full sum of 64M values is ONE row) a single
 //     block per row would leave all but one of the ~132 multiprocessors idle, so the rows are cut
 //     into up to 1024 pieces and a second launch adds each row's partial results;
-//   inner > 1 (sum, mean, var; e.g. a bias gradient, the sum over the batch of [batch, features]):
+//   inner > 1 (e.g. a bias gradient: the sum over the batch of [batch, features]; or a per-channel
+//     minimum over the batch, as a quantisation observer takes):
 //     a block takes 32 neighbouring columns i and a piece of r; its 8 warps take every 8th r, each
 //     warp reading 32 neighbouring values (one coalesced load), and the 8 partials of a column are
 //     added in a fixed order. Few columns over a long r are cut into pieces the same way as rows.
-//     max/min over inner > 1 keep one thread per output (o, i), looping over r.
+//     max/min over columns use the same tiles and pieces.
 // Floating sums accumulate in double, as the reference; the tree order is fixed, so results are
 // the same on every run (not bit-equal to the reference's sequential order).
 #include <algorithm>
@@ -242,19 +243,69 @@ static void arg_rows(ArgReduceOp op, const T* x, T* values, int64_t* indices, in
       op, part_v.as<T>(), part_i.as<int64_t>(), values, indices, chunks, 1, chunks);
 }
 
+// Columns: the tiles of sum_cols_pieces_kernel (32 columns, 8 warps taking every 8th r of a
+// piece), each thread keeping its best (value, index); the 8 candidates of a column are combined
+// in a fixed order with arg_better (ties go to the smaller index), so the FIRST extreme wins as in
+// the reference. Candidate r's index is r, or index_in[o, r, i] in the second pass (over the
+// per-piece winners [outer, chunks, inner], whose indices are positions in the original dim).
 template <typename T>
-__global__ void arg_cols_kernel(ArgReduceOp op, const T* x, T* values, int64_t* indices,
-                                int64_t outer, int64_t reduce, int64_t inner) {
-  TB_GRID_STRIDE_LOOP(k, outer * inner) {
-    int64_t o = k / inner, i = k % inner;
+__global__ void arg_cols_pieces_kernel(ArgReduceOp op, const T* x, const int64_t* index_in,
+                                       T* values, int64_t* indices, int64_t reduce, int64_t inner,
+                                       int64_t tiles, int64_t chunks, int64_t chunk_len) {
+  __shared__ T best_v[kTileRows][kTileCols];
+  __shared__ int64_t best_r[kTileRows][kTileCols];
+  int64_t b = blockIdx.x, j = b % chunks, tile = (b / chunks) % tiles, o = b / chunks / tiles;
+  int lane = threadIdx.x % kTileCols, group = threadIdx.x / kTileCols;
+  int64_t i = tile * kTileCols + lane;
+  int64_t begin = j * chunk_len, end = begin + chunk_len < reduce ? begin + chunk_len : reduce;
+  bool any = i < inner && begin + group < end; // this thread has at least one candidate
+  T bv = T(0);
+  int64_t br = -1;
+  if (any) {
     const T* p = x + o * reduce * inner + i;
-    T bv = p[0];
-    int64_t br = 0;
-    for (int64_t r = 1; r < reduce; r++)
-      if (arg_better(op, p[r * inner], r, bv, br)) bv = p[r * inner], br = r;
+    const int64_t* pi = index_in ? index_in + o * reduce * inner + i : nullptr;
+    for (int64_t r = begin + group; r < end; r += kTileRows) {
+      int64_t idx = pi ? pi[r * inner] : r;
+      if (br < 0 || arg_better(op, p[r * inner], idx, bv, br)) bv = p[r * inner], br = idx;
+    }
+  }
+  best_v[group][lane] = bv;
+  best_r[group][lane] = br;
+  __syncthreads();
+  if (group == 0 && i < inner) {
+    for (int g = 1; g < kTileRows; g++) {
+      int64_t gr = best_r[g][lane];
+      if (gr >= 0 && (br < 0 || arg_better(op, best_v[g][lane], gr, bv, br)))
+        bv = best_v[g][lane], br = gr;
+    }
+    int64_t k = (o * chunks + j) * inner + i;
     if (values) values[k] = bv;
     if (indices) indices[k] = br;
   }
+}
+
+// The best of each column (o, i) over r, in one launch or two (as sum_cols).
+template <typename T>
+static void arg_cols(ArgReduceOp op, const T* x, T* values, int64_t* indices, int64_t outer,
+                     int64_t reduce, int64_t inner) {
+  int64_t tiles = (inner + kTileCols - 1) / kTileCols;
+  int64_t chunks = pieces_for(outer * tiles, reduce, 512);
+  TB_CHECK(outer * tiles * chunks < (int64_t)1 << 31,
+           "max/min: {} x {} x {} is too large for one launch", outer, reduce, inner);
+  if (chunks == 1) {
+    arg_cols_pieces_kernel<T><<<(unsigned)(outer * tiles), kBlock, 0, cuda_stream()>>>(
+        op, x, nullptr, values, indices, reduce, inner, tiles, 1, reduce);
+    return;
+  }
+  int64_t chunk_len = (reduce + chunks - 1) / chunks;
+  chunks = (reduce + chunk_len - 1) / chunk_len;
+  DeviceScratch part_v(outer * chunks * inner * sizeof(T));
+  DeviceScratch part_i(outer * chunks * inner * sizeof(int64_t));
+  arg_cols_pieces_kernel<T><<<(unsigned)(outer * tiles * chunks), kBlock, 0, cuda_stream()>>>(
+      op, x, nullptr, part_v.as<T>(), part_i.as<int64_t>(), reduce, inner, tiles, chunks,
+      chunk_len);
+  arg_cols_pieces_kernel<T><<<(unsigned)(outer * tiles), kBlock, 0, cuda_stream()>>>(
+      op, part_v.as<T>(), part_i.as<int64_t>(), values, indices, chunks, inner, tiles, 1, chunks);
 }
 
 template <typename T>
@@ -263,8 +314,7 @@ static void launch_arg(ArgReduceOp op, const void* x, void* values, int64_t* ind
   if (inner == 1 && outer < (int64_t)1 << 31)
     arg_rows<T>(op, (const T*)x, (T*)values, indices, outer, reduce);
   else
-    arg_cols_kernel<T><<<grid_for(outer * inner), kBlock, 0, cuda_stream()>>>(
-        op, (const T*)x, (T*)values, indices, outer, reduce, inner);
+    arg_cols<T>(op, (const T*)x, (T*)values, indices, outer, reduce, inner);
   cuda_check_launch(op == ArgReduceOp::Max ? "max" : "min");
 }
 
