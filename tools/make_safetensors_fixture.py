@@ -12,42 +12,11 @@ Outputs (tests/fixtures/):
                               plus one small tensor per dtype (f64 f32 f16 bf16 i64 i32 i8 u8 bool),
                               a scalar and an empty tensor, to check byte layouts against torch's.
 """
-import json
 import os
-import struct
 
 import torch
 
-DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-}
-
-
-def tensor_bytes(t):
-    t = t.detach().contiguous().cpu()
-    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: take the raw 16-bit patterns
-        t = t.view(torch.int16)
-    return t.numpy().tobytes()
-
-
-def save(path, tensors, metadata=None):
-    header, blobs, offset = {}, [], 0
-    if metadata:
-        header["__metadata__"] = metadata
-    for name, t in tensors.items():
-        b = tensor_bytes(t)
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    h += b" " * ((8 - (8 + len(h)) % 8) % 8)  # data 8-byte aligned, as the reference writer
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
+from safetensors_io import save_safetensors
 
 
 def main():
@@ -67,7 +36,7 @@ def main():
 
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
     os.makedirs(out, exist_ok=True)
-    save(os.path.join(out, "nn_tiny_cnn.safetensors"), model.state_dict(),
+    save_safetensors(os.path.join(out, "nn_tiny_cnn.safetensors"), model.state_dict(),
          {"format": "pt", "source": "tools/make_safetensors_fixture.py",
           "torch_version": torch.__version__})
     samples = {
@@ -84,7 +53,7 @@ def main():
         "scalar": torch.tensor(2.5, dtype=torch.float32),
         "empty": torch.zeros(0, 3, dtype=torch.float32),
     }
-    save(os.path.join(out, "nn_tiny_cnn_io.safetensors"), samples, {"what": "tb test fixture"})
+    save_safetensors(os.path.join(out, "nn_tiny_cnn_io.safetensors"), samples, {"what": "tb test fixture"})
     print("f16 bits", torch.tensor([1.5, -2.25, 65504.0, 6.1035e-05, 0.1], dtype=torch.float16).view(torch.int16).tolist())
     print("bf16 bits", torch.tensor([1.5, -2.25, 3.0e38, 0.1], dtype=torch.bfloat16).view(torch.int16).tolist())
     print("bf16 values", torch.tensor([1.5, -2.25, 3.0e38, 0.1], dtype=torch.bfloat16).float().tolist())
