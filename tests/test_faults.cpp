@@ -77,6 +77,11 @@ std::string safetensors_bytes(const std::string& header, size_t data_bytes) {
   return s + header + std::string(data_bytes, '\1');
 }
 
+// The header of a file holding one tensor "w": dtype, shape and data_offsets as JSON text.
+std::string one_tensor(const std::string& dtype, const std::string& shape, const std::string& offsets) {
+  return R"({"w":{"dtype":")" + dtype + R"(","shape":[)" + shape + R"(],"data_offsets":[)" + offsets + "]}}";
+}
+
 std::string be32(uint32_t v) {
   return {(char)(v >> 24), (char)(v >> 16), (char)(v >> 8), (char)v};
 }
@@ -146,29 +151,22 @@ TEST_CASE("image: a JPEG scan that decodes with a Huffman table no DHT defined i
 TEST_CASE("safetensors: huge, negative, overflowing and truncated headers") {
   TempDir dir;
   // 10^12 float32 elements claimed by a 16-byte data buffer
-  check_safetensors_rejected(dir, safetensors_bytes(R"({"w":{"dtype":"F32","shape":[1000000,1000000],)"
-                                                    R"("data_offsets":[0,4000000000000]}})", 16),
+  check_safetensors_rejected(dir, safetensors_bytes(one_tensor("F32", "1000000,1000000", "0,4000000000000"), 16),
                              "outside the 16-byte data buffer");
   // the same claim with offsets that agree with the buffer size
-  check_safetensors_rejected(dir, safetensors_bytes(R"({"w":{"dtype":"F32","shape":[1000000,1000000],)"
-                                                    R"("data_offsets":[0,16]}})", 16),
+  check_safetensors_rejected(dir, safetensors_bytes(one_tensor("F32", "1000000,1000000", "0,16"), 16),
                              "needs 4000000000000");
   // element count overflowing int64
-  check_safetensors_rejected(dir, safetensors_bytes(R"({"w":{"dtype":"F64","shape":[4294967296,4294967296],)"
-                                                    R"("data_offsets":[0,8]}})", 8),
+  check_safetensors_rejected(dir, safetensors_bytes(one_tensor("F64", "4294967296,4294967296", "0,8"), 8),
                              "overflows int64");
   // negative and overflowing offsets
-  check_safetensors_rejected(dir, safetensors_bytes(R"({"w":{"dtype":"U8","shape":[8],)"
-                                                    R"("data_offsets":[-8,0]}})", 8),
-                             "[-8, 0] outside");
-  check_safetensors_rejected(dir, safetensors_bytes(R"({"w":{"dtype":"U8","shape":[8],)"
-                                                    R"("data_offsets":[9223372036854775800,9223372036854775807]}})", 8),
-                             "outside");
-  check_safetensors_rejected(dir, safetensors_bytes(R"({"w":{"dtype":"U8","shape":[8],)"
-                                                    R"("data_offsets":[0,99999999999999999999]}})", 8),
+  check_safetensors_rejected(dir, safetensors_bytes(one_tensor("U8", "8", "-8,0"), 8), "[-8, 0] outside");
+  check_safetensors_rejected(
+      dir, safetensors_bytes(one_tensor("U8", "8", "9223372036854775800,9223372036854775807"), 8), "outside");
+  check_safetensors_rejected(dir, safetensors_bytes(one_tensor("U8", "8", "0,99999999999999999999"), 8),
                              "does not fit in int64");
   // file shorter than its header says: header length, then tensor data
-  std::string header = R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})";
+  std::string header = one_tensor("F32", "4", "0,16");
   std::string bytes = safetensors_bytes(header, 16);
   check_safetensors_rejected(dir, bytes.substr(0, 8 + header.size() / 2), "larger than");
   check_safetensors_rejected(dir, bytes.substr(0, bytes.size() - 4), "outside the 12-byte data buffer");
@@ -199,8 +197,7 @@ TEST_CASE("safetensors: an empty tensor with huge dimensions is no undefined beh
   // [0, 2^40, 2^40] has no elements, but its row-major strides overflow int64.
   TempDir dir;
   std::string path = dir / "zero.safetensors";
-  write_bytes(path, safetensors_bytes(R"({"w":{"dtype":"F32","shape":[0,1099511627776,1099511627776],)"
-                                      R"("data_offsets":[0,0]}})", 0));
+  write_bytes(path, safetensors_bytes(one_tensor("F32", "0,1099511627776,1099511627776", "0,0"), 0));
   try {
     SafetensorsFile f = load_safetensors(path);
     CHECK(f.tensors.at("w").numel() == 0);
