@@ -15,7 +15,7 @@
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
 // Zeroed allocations: stb_image 2.27 can read parts of its decoder state that no input defined
-// (see check_jpeg_scan_tables in image_guard.cpp); zeros make such reads harmless and repeatable.
+// (see check_jpeg_tables in image_guard.cpp); zeros make such reads harmless and repeatable.
 #define STBI_MALLOC(size) calloc(1, size)
 #define STBI_REALLOC(p, size) realloc(p, size)
 #define STBI_FREE(p) free(p)

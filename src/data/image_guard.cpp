@@ -23,59 +23,43 @@ bool is_jpeg(const std::vector<uint8_t>& b) {
   return at(b, i) == 0xD8;
 }
 
-// JPEG DHT (define Huffman tables, marker FF C4): per table a class/id byte, 16 code-length counts
-// and as many symbol bytes as the counts add up to, at most 256. stb_image 2.27 does not check the
-// sum and writes past its 257-byte code-size array. It reaches a marker only through the bytes
-// FF C4, so every such pair in the file is read as a DHT segment, as stb_image would read it.
-// A real JPEG holds a few tables; the budget keeps a file packed with FF C4 pairs from costing
-// quadratic time (each pair's segment may span 64 KB).
-void check_jpeg_huffman_tables(const std::string& path, const std::vector<uint8_t>& b) {
-  long budget = 1 << 20; // tables read in all
-  for (size_t m = 0; m + 1 < b.size(); m++) {
-    if (b[m] != 0xFF || b[m + 1] != 0xC4) continue;
-    size_t i = m + 2;
-    long left = (long)((at(b, i) << 8) | at(b, i + 1)) - 2; // segment bytes after the length
-    i += 2;
-    while (left > 0 && i < b.size()) {
-      TB_CHECK(--budget >= 0, "read_image: cannot decode '{}': corrupt JPEG: over {} Huffman tables",
-               path, 1 << 20);
-      i++; // table class and id (stb_image checks those)
-      long symbols = 0;
-      for (int k = 0; k < 16; k++) symbols += at(b, i++);
-      TB_CHECK(symbols <= 256, "read_image: cannot decode '{}': corrupt JPEG: a Huffman table "
-               "(DHT at byte {}) declares {} symbols, at most 256 exist", path, m, symbols);
-      i += (size_t)symbols;
-      left -= 17 + symbols;
-    }
-  }
-}
-
-// JPEG SOS (start of scan, FF DA): the scan's components name the DC and AC Huffman tables they are
-// decoded with. stb_image 2.27 keeps its tables in a malloc'd struct and never checks that a DHT
-// defined the one a scan uses: an undefined table is whatever the heap held (found by fuzzing:
-// out-of-bounds reads indexed by it). Every FF C4 pair can define tables as stb_image reads them
-// (above), so a scan is refused when no FF C4 segment before it defines a table it decodes with:
-// baseline scans use both tables of each component, progressive (SOF2) DC scans the DC table
-// (first pass only: refinements read raw bits) and AC scans the AC table. (stb_image's own
-// allocations are zeroed as well, see image_folder.cpp: a DHT that stb_image skips, say inside
-// an APP segment, then leaves a table that decodes as zeros rather than as garbage.)
-void check_jpeg_scan_tables(const std::string& path, const std::vector<uint8_t>& b) {
+// JPEG Huffman tables, read the way stb_image 2.27 reads them, in one pass over the file:
+// - DHT (define Huffman tables, marker FF C4): per table a class/id byte, 16 code-length counts
+//   and as many symbol bytes as the counts add up to, at most 256. stb_image does not check the
+//   sum and writes past its 257-byte code-size array. It reaches a marker only through the bytes
+//   FF C4, so every such pair in the file is read as a DHT segment, as stb_image would read it.
+//   A real JPEG holds a few tables; the budget keeps a file packed with FF C4 pairs from costing
+//   quadratic time (each pair's segment may span 64 KB).
+// - SOS (start of scan, FF DA): the scan's components name the DC and AC tables they are decoded
+//   with. stb_image keeps its tables in a malloc'd struct and never checks that a DHT defined the
+//   one a scan uses: an undefined table is whatever the heap held (found by fuzzing: out-of-bounds
+//   reads indexed by it). A scan is refused when no FF C4 segment before it defines a table it
+//   decodes with: baseline scans use both tables of each component, progressive (SOF2) DC scans
+//   the DC table (first pass only: refinements read raw bits) and AC scans the AC table.
+//   (stb_image's own allocations are zeroed as well, see image_folder.cpp: a DHT that stb_image
+//   skips, say inside an APP segment, then leaves a table that decodes as zeros, not garbage.)
+void check_jpeg_tables(const std::string& path, const std::vector<uint8_t>& b) {
+  long budget = 1 << 20;    // tables read in all
   bool defined[2][4] = {};  // [class: 0 DC, 1 AC][id]
   bool progressive = false; // the last frame header (SOFn) seen
   for (size_t m = 0; m + 1 < b.size(); m++) {
     if (b[m] != 0xFF) continue;
-    uint8_t marker = b[m + 1];
+    const uint8_t marker = b[m + 1];
     if (marker == 0xC0 || marker == 0xC1) progressive = false;
     if (marker == 0xC2) progressive = true;
-    if (marker == 0xC4) { // the same walk over the tables as check_jpeg_huffman_tables
+    if (marker == 0xC4) {
       size_t i = m + 4;
-      long left = (long)((at(b, m + 2) << 8) | at(b, m + 3)) - 2;
+      long left = (long)((at(b, m + 2) << 8) | at(b, m + 3)) - 2; // segment bytes after the length
       while (left > 0 && i < b.size()) {
-        uint8_t tc = at(b, i);
-        if ((tc >> 4) <= 1 && (tc & 15) <= 3) defined[tc >> 4][tc & 15] = true;
+        TB_CHECK(--budget >= 0, "read_image: cannot decode '{}': corrupt JPEG: over {} Huffman "
+                 "tables", path, 1 << 20);
+        uint8_t tc = at(b, i++); // table class and id (stb_image refuses bad ones itself)
         long symbols = 0;
-        for (int k = 0; k < 16; k++) symbols += at(b, i + 1 + k);
-        i += 17 + (size_t)symbols;
+        for (int k = 0; k < 16; k++) symbols += at(b, i++);
+        TB_CHECK(symbols <= 256, "read_image: cannot decode '{}': corrupt JPEG: a Huffman table "
+                 "(DHT at byte {}) declares {} symbols, at most 256 exist", path, m, symbols);
+        if ((tc >> 4) <= 1 && (tc & 15) <= 3) defined[tc >> 4][tc & 15] = true;
+        i += (size_t)symbols;
         left -= 17 + symbols;
       }
     }
@@ -90,11 +74,11 @@ void check_jpeg_scan_tables(const std::string& path, const std::vector<uint8_t>&
       uint8_t tables = at(b, m + 6 + 2 * (size_t)k);
       int dc = tables >> 4, ac = tables & 15;
       if (dc > 3 || ac > 3) continue; // stb_image refuses these itself
-      TB_CHECK(!(uses_dc && !defined[0][dc]) && !(uses_ac && !defined[1][ac]),
+      bool dc_missing = uses_dc && !defined[0][dc], ac_missing = uses_ac && !defined[1][ac];
+      TB_CHECK(!dc_missing && !ac_missing,
                "read_image: cannot decode '{}': corrupt JPEG: the scan at byte {} decodes with "
                "Huffman table {} {}, which no DHT segment before it defines",
-               path, m, uses_dc && !defined[0][dc] ? "DC" : "AC",
-               uses_dc && !defined[0][dc] ? dc : ac);
+               path, m, dc_missing ? "DC" : "AC", dc_missing ? dc : ac);
     }
   }
 }
@@ -186,10 +170,7 @@ void check_png_chunks(const std::string& path, std::vector<uint8_t>& b) {
 } // namespace
 
 void guard_image_bytes(const std::string& path, std::vector<uint8_t>& bytes) {
-  if (is_jpeg(bytes)) {
-    check_jpeg_huffman_tables(path, bytes);
-    check_jpeg_scan_tables(path, bytes);
-  }
+  if (is_jpeg(bytes)) check_jpeg_tables(path, bytes);
   check_pnm(path, bytes);
   check_png_chunks(path, bytes);
 }
