@@ -23,16 +23,22 @@
 
 namespace tb::kernels {
 
-// How many pieces to cut a reduction of length `reduce` into when `units` blocks would otherwise
-// do it (one per row, or per tile of columns): enough that the blocks fill the GPU several times
-// over, each piece at least min_len long (so that the second pass, over the pieces' partials, is
-// tiny). 1 means one pass.
-static int64_t pieces_for(int64_t units, int64_t reduce, int64_t min_len) {
+// A reduction of length `reduce` cut into `count` pieces of `len` values (the last may be
+// shorter), when `units` blocks would otherwise do it (one per row, or per tile of columns):
+// enough pieces that the blocks fill the GPU several times over, each at least min_len long (so
+// that the second pass, over the pieces' partials, is tiny). count 1 means one pass.
+struct Pieces {
+  int64_t count, len;
+};
+static Pieces pieces_for(int64_t units, int64_t reduce, int64_t min_len) {
   constexpr int64_t kTargetBlocks = 1024;
-  if (units >= kTargetBlocks) return 1;
+  if (units >= kTargetBlocks) return {1, reduce};
   int64_t by_size = (reduce + min_len - 1) / min_len;
   int64_t by_units = (kTargetBlocks + units - 1) / units;
-  return std::max<int64_t>(1, std::min(by_size, by_units));
+  int64_t count = std::max<int64_t>(1, std::min(by_size, by_units));
+  if (count == 1) return {1, reduce};
+  int64_t len = (reduce + count - 1) / count;
+  return {(reduce + len - 1) / len, len};
 }
 
 // Rows of `reduce` values cut into pieces of chunk_len (the last may be shorter); block b takes
@@ -75,14 +81,13 @@ __global__ void sum_pieces_kernel(const In* x, const double* center, Out* out, i
 template <typename T, typename Acc, typename Out>
 static void sum_rows(const T* x, const double* center, Out* out, int64_t outer, int64_t reduce,
                      double scale) {
-  int64_t chunks = pieces_for(outer, reduce, 16384);
-  if (chunks == 1) {
+  const Pieces pc = pieces_for(outer, reduce, 16384);
+  if (pc.count == 1) {
     sum_pieces_kernel<T, Acc, Out><<<(unsigned)outer, kBlock, 0, cuda_stream()>>>(
         x, center, out, reduce, 1, reduce, scale);
     return;
   }
-  int64_t chunk_len = (reduce + chunks - 1) / chunks;
-  chunks = (reduce + chunk_len - 1) / chunk_len;
+  const int64_t chunks = pc.count, chunk_len = pc.len;
   DeviceScratch partial(outer * chunks * sizeof(Acc));
   sum_pieces_kernel<T, Acc, Acc><<<(unsigned)(outer * chunks), kBlock, 0, cuda_stream()>>>(
       x, center, partial.as<Acc>(), reduce, chunks, chunk_len, 1.0);
@@ -128,16 +133,15 @@ template <typename T, typename Acc, typename Out>
 static void sum_cols(const T* x, const double* center, Out* out, int64_t outer, int64_t reduce,
                      int64_t inner, double scale) {
   int64_t tiles = (inner + kTileCols - 1) / kTileCols;
-  int64_t chunks = pieces_for(outer * tiles, reduce, 512);
-  TB_CHECK(outer * tiles * chunks < (int64_t)1 << 31, "sum: {} x {} x {} is too large for one launch",
+  const Pieces pc = pieces_for(outer * tiles, reduce, 512);
+  TB_CHECK(outer * tiles * pc.count < (int64_t)1 << 31, "sum: {} x {} x {} is too large for one launch",
            outer, reduce, inner);
-  if (chunks == 1) {
+  if (pc.count == 1) {
     sum_cols_pieces_kernel<T, Acc, Out><<<(unsigned)(outer * tiles), kBlock, 0, cuda_stream()>>>(
         x, center, out, reduce, inner, tiles, 1, reduce, scale);
     return;
   }
-  int64_t chunk_len = (reduce + chunks - 1) / chunks;
-  chunks = (reduce + chunk_len - 1) / chunk_len;
+  const int64_t chunks = pc.count, chunk_len = pc.len;
   DeviceScratch partial(outer * chunks * inner * sizeof(Acc));
   sum_cols_pieces_kernel<T, Acc, Acc><<<(unsigned)(outer * tiles * chunks), kBlock, 0,
                                         cuda_stream()>>>(x, center, partial.as<Acc>(), reduce,
@@ -228,14 +232,13 @@ __global__ void arg_pieces_kernel(ArgReduceOp op, const T* x, const int64_t* ind
 template <typename T>
 static void arg_rows(ArgReduceOp op, const T* x, T* values, int64_t* indices, int64_t outer,
                      int64_t reduce) {
-  int64_t chunks = pieces_for(outer, reduce, 16384);
-  if (chunks == 1) {
+  const Pieces pc = pieces_for(outer, reduce, 16384);
+  if (pc.count == 1) {
     arg_pieces_kernel<T><<<(unsigned)outer, kBlock, 0, cuda_stream()>>>(
         op, x, nullptr, values, indices, reduce, 1, reduce);
     return;
   }
-  int64_t chunk_len = (reduce + chunks - 1) / chunks;
-  chunks = (reduce + chunk_len - 1) / chunk_len;
+  const int64_t chunks = pc.count, chunk_len = pc.len;
   DeviceScratch part_v(outer * chunks * sizeof(T)), part_i(outer * chunks * sizeof(int64_t));
   arg_pieces_kernel<T><<<(unsigned)(outer * chunks), kBlock, 0, cuda_stream()>>>(
       op, x, nullptr, part_v.as<T>(), part_i.as<int64_t>(), reduce, chunks, chunk_len);
@@ -289,16 +292,15 @@ template <typename T>
 static void arg_cols(ArgReduceOp op, const T* x, T* values, int64_t* indices, int64_t outer,
                      int64_t reduce, int64_t inner) {
   int64_t tiles = (inner + kTileCols - 1) / kTileCols;
-  int64_t chunks = pieces_for(outer * tiles, reduce, 512);
-  TB_CHECK(outer * tiles * chunks < (int64_t)1 << 31,
+  const Pieces pc = pieces_for(outer * tiles, reduce, 512);
+  TB_CHECK(outer * tiles * pc.count < (int64_t)1 << 31,
            "max/min: {} x {} x {} is too large for one launch", outer, reduce, inner);
-  if (chunks == 1) {
+  if (pc.count == 1) {
     arg_cols_pieces_kernel<T><<<(unsigned)(outer * tiles), kBlock, 0, cuda_stream()>>>(
         op, x, nullptr, values, indices, reduce, inner, tiles, 1, reduce);
     return;
   }
-  int64_t chunk_len = (reduce + chunks - 1) / chunks;
-  chunks = (reduce + chunk_len - 1) / chunk_len;
+  const int64_t chunks = pc.count, chunk_len = pc.len;
   DeviceScratch part_v(outer * chunks * inner * sizeof(T));
   DeviceScratch part_i(outer * chunks * inner * sizeof(int64_t));
   arg_cols_pieces_kernel<T><<<(unsigned)(outer * tiles * chunks), kBlock, 0, cuda_stream()>>>(
