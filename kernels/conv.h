@@ -22,6 +22,7 @@ namespace tb::kernels {
 // Element strides of a logical N×C×H×W tensor.
 struct Strides4 {
   int64_t n = 0, c = 0, h = 0, w = 0;
+  bool operator==(const Strides4&) const = default;
 };
 inline Strides4 nchw_strides(int64_t C, int64_t H, int64_t W) { return {C * H * W, H * W, W, 1}; }
 inline Strides4 nhwc_strides(int64_t C, int64_t H, int64_t W) { return {H * W * C, 1, W * C, C}; }

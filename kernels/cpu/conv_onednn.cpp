@@ -158,8 +158,7 @@ void cpu_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x
   // db = the sum of dy over n, h, w. oneDNN 2.6 computes it in plain (SSE) C++ loops, measured as
   // slow as the weight gradient itself for the Fashion-MNIST layers; for NHWC dy it is a column sum
   // of a [N H W, O] matrix, which tb's reduction kernel does in one vectorised sweep.
-  bool dy_nhwc = dys.n == g.OH * g.OW * g.O && dys.c == 1 && dys.h == g.OW * g.O && dys.w == g.O;
-  bool own_db = db != nullptr && dy_nhwc;
+  bool own_db = db != nullptr && dys == nhwc_strides(g.O, g.OH, g.OW);
   bool with_bias = db != nullptr && !own_db;
   const BackwardWeightsEntry& e = cache.get(make_key(kBackwardWeights, g, xs, dys, with_bias), [&] {
     memory::desc src = nhwc_md(g.N, g.C, g.H, g.W), diff_dst = nhwc_md(g.N, g.O, g.OH, g.OW);
