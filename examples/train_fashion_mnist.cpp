@@ -109,11 +109,13 @@ static tb::nn::ModulePtr make_model(const std::string& name) {
     return tb::models::create(name, {.num_classes = 10, .small_input = true, .in_channels = 1});
   using namespace tb::nn;
   auto net = std::make_shared<Sequential>();
-  net->push_back(std::make_shared<Conv2d>(1, 32, 3, 1, 1));
+  net->push_back(std::make_shared<Conv2d>(
+      Conv2dOptions{.in_channels = 1, .out_channels = 32, .kernel_size = 3, .padding = 1}));
   net->push_back(std::make_shared<BatchNorm2d>(32));
   net->push_back(std::make_shared<ReLU>());
   net->push_back(std::make_shared<MaxPool2d>(2));
-  net->push_back(std::make_shared<Conv2d>(32, 64, 3, 1, 1));
+  net->push_back(std::make_shared<Conv2d>(
+      Conv2dOptions{.in_channels = 32, .out_channels = 64, .kernel_size = 3, .padding = 1}));
   net->push_back(std::make_shared<BatchNorm2d>(64));
   net->push_back(std::make_shared<ReLU>());
   net->push_back(std::make_shared<MaxPool2d>(2));
@@ -272,7 +274,8 @@ int run(const Options& o) {
   // Model, optimizer and a per-step schedule: linear warm-up over the first half epoch, then
   // cosine annealing to zero at the end of the last epoch.
   tb::nn::ModulePtr net = make_model(o.model);
-  tb::optim::SGD opt(net->parameters(), o.lr, o.momentum, 0.0, o.weight_decay);
+  tb::optim::SGD opt(net->parameters(),
+                     {.lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay});
   int64_t steps_per_epoch = train_loader.size();
   int64_t total_steps = steps_per_epoch * o.epochs;
   auto sched = tb::optim::warmup_cosine(opt, std::max<int64_t>(1, steps_per_epoch / 2), total_steps);

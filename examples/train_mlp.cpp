@@ -95,7 +95,7 @@ int main(int argc, char** argv) {
                 device.str().c_str());
 
     // (3) The optimizer: SGD with momentum, like torch.optim.SGD(model.parameters(), ...).
-    tb::optim::SGD opt(model->parameters(), /*lr=*/0.1, /*momentum=*/0.9);
+    tb::optim::SGD opt(model->parameters(), {.lr = 0.1, .momentum = 0.9});
 
     // (4) The training loop. Each step uses the whole training set (600 points: small enough):
     //     forward -> loss -> zero the old gradients -> backward -> update.

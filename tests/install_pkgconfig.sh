@@ -16,7 +16,7 @@ awk '/^```cpp/ {on = 1; next} /^```/ {if (on) exit} on' "$src/README.md" >"$tmp/
 # pointing prefix at the temporary root gives the flags an installed copy would have
 pc() { PKG_CONFIG_PATH=$pcdir pkg-config --define-variable=prefix="$tmp/root$prefix" "$@" tensorbrain; }
 g++ -std=c++20 "$tmp/exp.cpp" $(pc --cflags --libs) -o "$tmp/exp"
-libdir=$(pc --variable=libdir)
-(cd "$tmp" && LD_LIBRARY_PATH=$libdir ./exp)
+# no LD_LIBRARY_PATH and no ldconfig: the rpath from the pkg-config file finds the library
+(cd "$tmp" && env -u LD_LIBRARY_PATH ./exp)
 [[ -s $tmp/net.safetensors ]] || { echo "FAIL: the README snippet did not write net.safetensors"; exit 1; }
-echo "install_pkgconfig: installed under $prefix (in a temporary root), README snippet built with pkg-config and ran"
+echo "install_pkgconfig: installed under $prefix (in a temporary root), README snippet built with pkg-config and ran without ldconfig"

@@ -199,7 +199,9 @@ TEST_SUITE("models") {
 
   TEST_CASE("summary: per-layer formula, table, training mode and hooks restored") {
     auto net = std::make_shared<Sequential>();
-    net->push_back(std::make_shared<Conv2d>(4, 8, 3, 2, 1, 1, 2)); // groups 2
+    net->push_back(std::make_shared<Conv2d>(Conv2dOptions{
+        .in_channels = 4, .out_channels = 8, .kernel_size = 3, .stride = 2, .padding = 1,
+        .groups = 2}));
     net->push_back(std::make_shared<BatchNorm2d>(8));
     net->push_back(std::make_shared<ReLU>());
     net->push_back(std::make_shared<Flatten>());
@@ -229,7 +231,8 @@ TEST_SUITE("models") {
 
   TEST_CASE("block parity with PyTorch (committed fixtures, eval mode)") {
     {
-      InvertedResidual b(16, 16, 1, 6); // mobilenetv2.InvertedResidual(16, 16, 1, 6)
+      // mobilenetv2.InvertedResidual(16, 16, 1, 6)
+      InvertedResidual b({.in_channels = 16, .out_channels = 16, .stride = 1, .expand_ratio = 6});
       CHECK(b.use_res_connect);
       check_fixture("inverted_residual", b);
     }
@@ -371,7 +374,7 @@ TEST_SUITE("models") {
     tbtest::check_error([] { tm::create("resnet19"); }, {"resnet19", "resnet18", "mobilenet_v2"});
     tbtest::check_error([] { tm::resnet18({.num_classes = 0}); }, {"num_classes", "0"});
     tbtest::check_error([] { tm::shufflenet_v2(0.75); }, {"shufflenet_v2", "0.75"});
-    tbtest::check_error([] { InvertedResidual(8, 8, 3, 6); }, {"InvertedResidual", "stride", "3"});
+    tbtest::check_error([] { InvertedResidual({.in_channels = 8, .out_channels = 8, .stride = 3, .expand_ratio = 6}); }, {"InvertedResidual", "stride", "3"});
     tbtest::check_error([] { ShuffleNetV2Unit(24, 48, 1); }, {"ShuffleNetV2Unit", "24", "48"});
     tbtest::check_error([] { BasicBlock(8, 16, 1, false); }, {"BasicBlock", "downsample"});
     tbtest::check_error([] { Bottleneck(64, 64, 1, false); }, {"Bottleneck", "downsample"});

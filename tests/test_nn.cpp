@@ -26,7 +26,7 @@ double max_abs(const Tensor& t) {
 // A small CNN: features = (Conv2d, BatchNorm2d, ReLU), then Flatten and a classifier.
 std::shared_ptr<nn::Sequential> small_net() {
   auto features = std::make_shared<nn::Sequential>();
-  features->push_back(std::make_shared<nn::Conv2d>(2, 4, 3, 1, 1));
+  features->push_back(std::make_shared<nn::Conv2d>(nn::Conv2dOptions{.in_channels = 2, .out_channels = 4, .kernel_size = 3, .padding = 1}));
   features->push_back(std::make_shared<nn::BatchNorm2d>(4));
   features->push_back(std::make_shared<nn::ReLU>());
   auto net = std::make_shared<nn::Sequential>();
@@ -86,20 +86,21 @@ TEST_CASE("Conv2d: parameter counts, shapes, groups, errors") {
   CHECK(max_abs(c.weight()) <= bound);
   CHECK(max_abs(c.bias()) <= bound);
 
-  nn::Conv2d s2(3, 8, 3, 2, 1);
+  nn::Conv2d s2({.in_channels = 3, .out_channels = 8, .kernel_size = 3, .stride = 2, .padding = 1});
   CHECK(s2(randn({1, 3, 9, 9})).shape() == Shape{1, 8, 5, 5});
   CHECK(s2.str() == "Conv2d(3, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))");
 
-  nn::Conv2d dw(4, 8, 3, 1, 1, 1, 2, false); // groups = 2, no bias
+  nn::Conv2d dw({.in_channels = 4, .out_channels = 8, .kernel_size = 3, .padding = 1,
+                 .groups = 2, .bias = false});
   CHECK(dw.weight().shape() == Shape{8, 2, 3, 3});
   CHECK(names_of(dw.named_parameters()) == std::vector<std::string>{"weight"});
   CHECK(dw(randn({1, 4, 5, 5})).shape() == Shape{1, 8, 5, 5});
 
-  nn::Conv2d dil(1, 1, 3, 1, 0, 2);
+  nn::Conv2d dil({.in_channels = 1, .out_channels = 1, .kernel_size = 3, .dilation = 2});
   CHECK(dil(randn({1, 1, 7, 7})).shape() == Shape{1, 1, 3, 3});
 
-  check_error([] { nn::Conv2d(3, 4, 3, 1, 0, 1, 2); }, {"Conv2d", "divisible", "groups"});
-  check_error([] { nn::Conv2d(3, 4, 0); }, {"Conv2d", "kernel_size=0"});
+  check_error([] { nn::Conv2d({.in_channels = 3, .out_channels = 4, .kernel_size = 3, .groups = 2}); }, {"Conv2d", "divisible", "groups"});
+  check_error([] { nn::Conv2d(3, 4, 0); }, {"Conv2d", "kernel_size=(0, 0)"});
   check_error([&] { c(randn({2, 4, 8, 8})); }, {"Conv2d", "[2, 4, 8, 8]"});
 }
 
@@ -148,13 +149,13 @@ TEST_CASE("BatchNorm2d: names, buffers, train updates running stats and num_batc
 
   // momentum = nullopt: cumulative average (factor 1 / num_batches_tracked): the first batch's
   // mean replaces the running mean entirely.
-  nn::BatchNorm2d cum(3, 1e-5, std::nullopt);
+  nn::BatchNorm2d cum(3, {.momentum = std::nullopt});
   cum(x);
   auto cm = cum.running_mean().to_vector();
   for (int c = 0; c < 3; c++) CHECK(cm[c] == doctest::Approx(c + 1).epsilon(1e-6));
   CHECK(cum.str() == "BatchNorm2d(3, eps=1e-05, momentum=None, affine=True, track_running_stats=True)");
 
-  nn::BatchNorm2d plain(3, 1e-5, 0.1, false, false);
+  nn::BatchNorm2d plain(3, {.affine = false, .track_running_stats = false});
   CHECK(plain.state_dict().size() == 0);
   plain.eval(); // no running stats: batch statistics even in eval
   CHECK(plain(x).shape() == Shape{2, 3, 2, 2});
@@ -196,16 +197,16 @@ TEST_CASE("activation modules: shapes and values") {
 TEST_CASE("pooling, flatten, dropout modules") {
   Tensor x = randn({2, 3, 8, 8});
   CHECK(nn::MaxPool2d(2)(x).shape() == Shape{2, 3, 4, 4});
-  CHECK(nn::MaxPool2d(3, 2, 1)(x).shape() == Shape{2, 3, 4, 4});
+  CHECK(nn::MaxPool2d({.kernel_size = 3, .stride = 2, .padding = 1})(x).shape() == Shape{2, 3, 4, 4});
   CHECK(nn::AvgPool2d(2)(x).shape() == Shape{2, 3, 4, 4});
-  CHECK(nn::AvgPool2d(3, 1, 1)(x).shape() == Shape{2, 3, 8, 8});
+  CHECK(nn::AvgPool2d({.kernel_size = 3, .stride = 1, .padding = 1})(x).shape() == Shape{2, 3, 8, 8});
   CHECK(nn::AdaptiveAvgPool2d(1)(x).shape() == Shape{2, 3, 1, 1});
-  CHECK(nn::AdaptiveAvgPool2d(2, 4)(x).shape() == Shape{2, 3, 2, 4});
+  CHECK(nn::AdaptiveAvgPool2d({2, 4})(x).shape() == Shape{2, 3, 2, 4});
   CHECK(nn::Flatten()(x).shape() == Shape{2, 192});
   CHECK(nn::Flatten(0)(x).shape() == Shape{384});
   Tensor m = nn::MaxPool2d(2)(from_vector(std::vector<float>{1, 5, 3, 2}, {1, 1, 2, 2}));
   CHECK(m.item() == 5);
-  check_error([] { nn::MaxPool2d(2, 2, 2); }, {"MaxPool2d", "half"});
+  check_error([] { nn::MaxPool2d({.kernel_size = 2, .stride = 2, .padding = 2}); }, {"MaxPool2d", "half"});
 
   nn::Dropout d(0.5);
   Tensor ones_x = ones({1000});
@@ -246,10 +247,10 @@ TEST_CASE("nested Sequential: state_dict keys in PyTorch order, traversal, print
   CHECK(net->children().size() == 3);
   auto features = net->at<nn::Sequential>(0);
   CHECK(features->size() == 3);
-  CHECK(features->at<nn::Conv2d>(0)->out_channels == 4);
+  CHECK(features->at<nn::Conv2d>(0)->out_channels() == 4);
   check_error([&] { net->at<nn::Linear>(0); }, {"Sequential", "Sequential"});
   check_error([&] { (*net)[7]; }, {"Sequential", "index 7"});
-  check_error([&] { net->get_submodule("features.9"); }, {"no child module named '9'"});
+  check_error([&] { net->get_submodule("features.9"); }, {"get_submodule('features.9')", "no child '9'"});
 
   CHECK((*net)(randn({2, 2, 3, 3})).shape() == Shape{2, 5});
 
@@ -392,7 +393,7 @@ TEST_CASE("registration errors") {
   check_error([&] { m(ones({1})); }, {"no forward"});
   check_error([&] { m.get("nope"); }, {"'nope'"});
   check_error([&] { m.remove_buffer("w"); }, {"no buffer 'w'"});
-  m.register_buffer("scratch", zeros({2}), /*persistent=*/false);
+  m.register_buffer("scratch", zeros({2}), {.persistent = false});
   CHECK(m.state_dict().keys() == std::vector<std::string>{"w"});
   CHECK(m.buffers().size() == 1);
 }

@@ -74,7 +74,7 @@ TEST_CASE("SGD plain, momentum with dampening and weight decay, nesterov vs PyTo
   {
     // SGD(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)
     Tensor p = make_param();
-    optim::SGD opt({p}, 0.1, 0.9, 0.1, 0.01);
+    optim::SGD opt({p}, {.lr = 0.1, .momentum = 0.9, .dampening = 0.1, .weight_decay = 0.01});
     check_run(opt, p, {{0.789, -1.568, 2.377, 0.3945},
                        {0.4473699, -0.8685488000000001, 1.3683006999999998, 0.22368495},
                        {0.04997359508999997, -0.05492224208000009, 0.19494573336999974,
@@ -85,7 +85,7 @@ TEST_CASE("SGD plain, momentum with dampening and weight decay, nesterov vs PyTo
   {
     // SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
     Tensor p = make_param();
-    optim::SGD opt({p}, 0.1, 0.9, 0, 0.01, true);
+    optim::SGD opt({p}, {.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01, .nesterov = true});
     check_run(opt, p, {{0.5991000000000001, -1.1792, 1.8162999999999998, 0.29955000000000004},
                        {0.18039370999999998, -0.32194352000000015, 0.5800250299999997,
                         0.09019685499999999},
@@ -97,7 +97,7 @@ TEST_CASE("SGD plain, momentum with dampening and weight decay, nesterov vs PyTo
 TEST_CASE("Adam, Adam with weight decay + amsgrad, AdamW vs PyTorch") {
   {
     Tensor p = make_param();
-    optim::Adam opt({p}, 0.1);
+    optim::Adam opt({p}, {.lr = 0.1});
     check_run(opt, p, {{0.9000000004761904, -1.900000000232558, 2.9000000001612904, 0.4000000009523809},
                        {0.8003851112106427, -1.8001524222844993, 2.800098885496118, 0.3010952780538724},
                        {0.70147780687543, -1.700569748619489, 2.7003671459298215, 0.20446455547433962}});
@@ -108,7 +108,7 @@ TEST_CASE("Adam, Adam with weight decay + amsgrad, AdamW vs PyTorch") {
   {
     // Adam(lr=0.1, weight_decay=0.1, amsgrad=True)
     Tensor p = make_param();
-    optim::Adam opt({p}, 0.1, {0.9, 0.999}, 1e-8, 0.1, true);
+    optim::Adam opt({p}, {.lr = 0.1, .weight_decay = 0.1, .amsgrad = true});
     check_run(opt, p, {{0.9000000004545454, -1.9000000002222222, 2.900000000153846, 0.40000000090909094},
                        {0.8003863261352664, -1.8001530391886036, 2.800099061108041, 0.30109937633674266},
                        {0.7014826554728615, -1.7005720981156949, 2.700367806296655, 0.20448256246931723}});
@@ -117,7 +117,7 @@ TEST_CASE("Adam, Adam with weight decay + amsgrad, AdamW vs PyTorch") {
   {
     // AdamW(lr=0.1, weight_decay=0.1)
     Tensor p = make_param();
-    optim::AdamW opt({p}, 0.1, {0.9, 0.999}, 1e-8, 0.1);
+    optim::AdamW opt({p}, {.lr = 0.1, .weight_decay = 0.1});
     check_run(opt, p, {{0.8900000004761904, -1.880000000232558, 2.87000000016129, 0.3950000009523809},
                        {0.781540165876426, -1.7613907838648861, 2.7414345511410354, 0.2922374215518988},
                        {0.6749743037576278, -1.6442993062622295, 2.614385315428969, 0.19296846855349192}});
@@ -132,7 +132,7 @@ TEST_CASE("optimizers train a module end to end; parameters without grad are ski
   frozen.requires_grad_(true);
   std::vector<Tensor> params = lin.parameters();
   params.push_back(frozen); // never gets a gradient
-  optim::Adam opt(params, 0.05);
+  optim::Adam opt(params, {.lr = 0.05});
   Tensor x = randn({32, 3});
   Tensor target = x.narrow(1, 0, 1) * 2.0 - x.narrow(1, 2, 1) + 0.5; // y = 2 x0 - x2 + 0.5
   double first = 0, last = 0;
@@ -162,7 +162,7 @@ TEST_CASE("param groups with their own lr and weight decay") {
   ga.params = {a};
   gb.params = {b};
   gb.lr = 0.01;
-  optim::SGD opt(std::vector<optim::ParamGroup>{ga, gb}, 0.1);
+  optim::SGD opt(std::vector<optim::ParamGroup>{ga, gb}, {.lr = 0.1});
   CHECK(*opt.param_groups()[0].lr == 0.1);
   CHECK(*opt.param_groups()[1].lr == 0.01);
   CHECK(*opt.param_groups()[1].weight_decay == 0);
@@ -179,9 +179,9 @@ TEST_CASE("param groups with their own lr and weight decay") {
 TEST_CASE("optimizer state_dict round trip continues identically") {
   for (int kind = 0; kind < 3; kind++) {
     auto make = [&](std::vector<Tensor> ps) -> std::unique_ptr<optim::Optimizer> {
-      if (kind == 0) return std::make_unique<optim::SGD>(ps, 0.1, 0.9);
-      if (kind == 1) return std::make_unique<optim::Adam>(ps, 0.1, std::pair{0.9, 0.999}, 1e-8, 0, true);
-      return std::make_unique<optim::AdamW>(ps, 0.1);
+      if (kind == 0) return std::make_unique<optim::SGD>(ps, optim::SGDOptions{.lr = 0.1, .momentum = 0.9});
+      if (kind == 1) return std::make_unique<optim::Adam>(ps, optim::AdamOptions{.lr = 0.1, .amsgrad = true});
+      return std::make_unique<optim::AdamW>(ps, optim::AdamWOptions{.lr = 0.1});
     };
     Tensor p = make_param();
     auto opt = make({p});
@@ -217,7 +217,7 @@ TEST_CASE("optimizer state_dict round trip continues identically") {
 
 TEST_CASE("optimizer load_state_dict lists every mismatch") {
   Tensor p = make_param();
-  optim::Adam opt({p}, 0.1);
+  optim::Adam opt({p}, {.lr = 0.1});
   set_quadratic_grad(p);
   opt.step();
   TensorDict sd = opt.state_dict();
@@ -228,7 +228,7 @@ TEST_CASE("optimizer load_state_dict lists every mismatch") {
   bad.insert("state.5.exp_avg", zeros({4}, TensorOptions(kFloat64)));
   bad.insert("momentum", zeros({1}));
   Tensor q = make_param();
-  optim::Adam opt2({q}, 0.1);
+  optim::Adam opt2({q}, {.lr = 0.1});
   check_error([&] { opt2.load_state_dict(bad); },
               {"Adam::load_state_dict: 4 error(s)", "missing key 'param_groups.0.weight_decay'",
                "'state.0.exp_avg' has shape [3]", "unexpected key 'state.5.exp_avg'",
@@ -239,9 +239,9 @@ TEST_CASE("optimizer load_state_dict lists every mismatch") {
 TEST_CASE("optimizer argument errors") {
   Tensor p = make_param();
   check_error([&] { optim::SGD({p}, -0.1); }, {"SGD", "learning rate -0.1"});
-  check_error([&] { optim::SGD({p}, 0.1, 0.9, 0.1, 0, true); }, {"Nesterov", "dampening"});
+  check_error([&] { optim::SGD({p}, {.lr = 0.1, .momentum = 0.9, .dampening = 0.1, .nesterov = true}); }, {"Nesterov", "dampening"});
   check_error([&] { optim::SGD(std::vector<Tensor>{}, 0.1); }, {"SGD", "empty"});
-  check_error([&] { optim::Adam({p}, 0.1, {1.0, 0.999}); }, {"Adam", "betas"});
+  check_error([&] { optim::Adam({p}, {.lr = 0.1, .betas = {1.0, 0.999}}); }, {"Adam", "betas"});
   check_error([&] { optim::SGD({p, p}, 0.1); }, {"more than once"});
   Tensor nonleaf = p * 2.0;
   check_error([&] { optim::SGD({nonleaf}, 0.1); }, {"leaf"});

@@ -287,7 +287,7 @@ TEST_CASE("PyTorch fixture: a torch state_dict loads into the equivalent tb mode
   // torch.nn.Sequential(Conv2d(2, 3, 3, padding=1), BatchNorm2d(3), ReLU(), Flatten(),
   //                     Linear(48, 5)), BN trained on 3 batches, then eval.
   auto net = std::make_shared<nn::Sequential>();
-  net->push_back(std::make_shared<nn::Conv2d>(2, 3, 3, 1, 1));
+  net->push_back(std::make_shared<nn::Conv2d>(nn::Conv2dOptions{.in_channels = 2, .out_channels = 3, .kernel_size = 3, .padding = 1}));
   net->push_back(std::make_shared<nn::BatchNorm2d>(3));
   net->push_back(std::make_shared<nn::ReLU>());
   net->push_back(std::make_shared<nn::Flatten>());
@@ -321,7 +321,7 @@ TEST_CASE("PyTorch fixture: a torch state_dict loads into the equivalent tb mode
 
   // The same file into a model with a different head: every mismatch named.
   auto other = std::make_shared<nn::Sequential>();
-  other->push_back(std::make_shared<nn::Conv2d>(2, 3, 3, 1, 1));
+  other->push_back(std::make_shared<nn::Conv2d>(nn::Conv2dOptions{.in_channels = 2, .out_channels = 3, .kernel_size = 3, .padding = 1}));
   other->push_back(std::make_shared<nn::BatchNorm2d>(3));
   other->push_back(std::make_shared<nn::ReLU>());
   other->push_back(std::make_shared<nn::Flatten>());

@@ -70,7 +70,7 @@ double accuracy(tb::nn::Module& net, const Data& d) {
 std::vector<double> train(tb::nn::Module& net, const Data& d, int steps, int64_t batch, double lr,
                           uint64_t seed) {
   tb::Generator g(seed);
-  tb::optim::SGD opt(net.parameters(), lr, /*momentum=*/0.9);
+  tb::optim::SGD opt(net.parameters(), {.lr = lr, .momentum = 0.9});
   const int64_t n = d.y.numel();
   Tensor perm;
   int64_t at = n;
@@ -105,7 +105,7 @@ std::shared_ptr<tb::nn::Sequential> make_mlp() {
 std::shared_ptr<tb::nn::Sequential> make_cnn() {
   using namespace tb::nn;
   return std::make_shared<Sequential>(std::initializer_list<ModulePtr>{
-      std::make_shared<Conv2d>(1, 8, 3, 1, 1), std::make_shared<BatchNorm2d>(8),
+      std::make_shared<Conv2d>(Conv2dOptions{.in_channels = 1, .out_channels = 8, .kernel_size = 3, .padding = 1}), std::make_shared<BatchNorm2d>(8),
       std::make_shared<ReLU>(), std::make_shared<MaxPool2d>(2), std::make_shared<Flatten>(),
       std::make_shared<Linear>(8 * 4 * 4, 4)});
 }

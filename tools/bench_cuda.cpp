@@ -127,7 +127,7 @@ void bench_mlp_step(int64_t batch, int reps, std::vector<Row>& rows) {
                     std::make_shared<Linear>(1024, 1024), std::make_shared<ReLU>(),
                     std::make_shared<Linear>(1024, 10)});
   model.to(gpu);
-  tb::optim::SGD opt(model.parameters(), /*lr=*/0.01, /*momentum=*/0.9);
+  tb::optim::SGD opt(model.parameters(), {.lr = 0.01, .momentum = 0.9});
   tb::Tensor x = tb::randn({batch, 784}).to(gpu);
   tb::Tensor y = tb::randint(0, 10, {batch}, {tb::kInt64}).to(gpu);
   double ms = median_ms([&] {

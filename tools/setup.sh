@@ -9,6 +9,7 @@ packages=(
   libopenblas-dev libopenblas-openmp-dev   # BLAS; the OpenMP build shares oneDNN's thread pool
   libdnnl-dev                              # oneDNN 2.x: convolution, pooling
   libfmt-dev doctest-dev libstb-dev zlib1g-dev
+  libcli11-dev nlohmann-json3-dev          # example flags (CLI11), metrics JSON (nlohmann)
   dataset-fashion-mnist                    # /usr/share/datasets/fashion-mnist
   python3-matplotlib                       # tools/plot_metrics.py draws the training curves
 )

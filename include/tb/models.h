@@ -26,21 +26,27 @@ namespace tb::nn {
 enum class Act { None, ReLU, ReLU6, SiLU, Hardswish, Hardsigmoid, Sigmoid };
 ModulePtr make_activation(Act a); // tb::Error for Act::None
 
-// BatchNorm settings of a model (torchvision's MobileNetV3 uses eps 1e-3, momentum 0.01).
-struct BNConfig {
-  double eps = 1e-5;
-  double momentum = 0.1;
-};
 
 // ConvBNAct (torchvision's Conv2dNormActivation): Conv2d without bias ("0"), BatchNorm2d ("1"),
 // activation ("2", absent for Act::None); padding (k-1)/2*dilation keeps H×W at stride 1.
 // The unit every mobile net is built from. Cost: Cin/groups*Cout*k*k weights, as many MACs per
 // output pixel; BN folds into the conv at inference.
+struct ConvBNActOptions {
+  int64_t in_channels = 0, out_channels = 0;
+  int64_t kernel_size = 3, stride = 1, groups = 1, dilation = 1;
+  Act act = Act::ReLU;
+  BatchNorm2dOptions bn = {}; // torchvision's MobileNetV3 uses eps 1e-3, momentum 0.01
+};
 class ConvBNAct : public Sequential {
  public:
-  ConvBNAct(int64_t in, int64_t out, int64_t kernel = 3, int64_t stride = 1, int64_t groups = 1,
-            Act act = Act::ReLU, BNConfig bn = {}, int64_t dilation = 1);
-  std::string type_name() const override { return "ConvBNAct"; }
+  // The common case: stride 1, groups 1, ReLU.
+  ConvBNAct(int64_t in, int64_t out, int64_t kernel_size = 3)
+      : ConvBNAct(ConvBNActOptions{.in_channels = in, .out_channels = out,
+                                   .kernel_size = kernel_size}) {}
+  // E.g. a depthwise 3×3 stride 2 with ReLU6:
+  //   ConvBNAct({.in_channels = c, .out_channels = c, .stride = 2, .groups = c, .act = Act::ReLU6})
+  explicit ConvBNAct(const ConvBNActOptions& o);
+  TB_MODULE(ConvBNAct)
 };
 
 // DepthwiseSeparable (MobileNetV1): a 3×3 depthwise conv (one filter per channel, spatial
@@ -49,9 +55,9 @@ class ConvBNAct : public Sequential {
 // for Cout >= 64, with 9*Cin + Cin*Cout weights. The stride sits on the depthwise conv.
 class DepthwiseSeparable : public Module {
  public:
-  DepthwiseSeparable(int64_t in, int64_t out, int64_t stride = 1, BNConfig bn = {});
+  DepthwiseSeparable(int64_t in, int64_t out, int64_t stride = 1, BatchNorm2dOptions bn = {});
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return "DepthwiseSeparable"; }
+  TB_MODULE(DepthwiseSeparable)
 };
 
 // InvertedResidual (MobileNetV2): 1×1 expansion to t*Cin channels (ReLU6; skipped when t = 1),
@@ -59,12 +65,17 @@ class DepthwiseSeparable : public Module {
 // in a low-dimensional space destroys information). The residual joins the narrow ends when
 // stride = 1 and Cin = Cout. Child "conv" as torchvision. Cost per output pixel, hidden h = t*Cin:
 // Cin*h + 9*h + h*Cout MACs; the wide tensor exists only inside the block.
+struct InvertedResidualOptions {
+  int64_t in_channels = 0, out_channels = 0;
+  int64_t stride = 1;
+  int64_t expand_ratio = 0; // t; must be set (>= 1; MobileNetV2 uses 1 and 6)
+  BatchNorm2dOptions bn = {}; // torchvision's MobileNetV3 uses eps 1e-3, momentum 0.01
+};
 class InvertedResidual : public Module {
  public:
-  InvertedResidual(int64_t in, int64_t out, int64_t stride, int64_t expand_ratio,
-                   BNConfig bn = {});
+  explicit InvertedResidual(const InvertedResidualOptions& o);
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return "InvertedResidual"; }
+  TB_MODULE(InvertedResidual)
   bool use_res_connect;
 };
 
@@ -77,7 +88,7 @@ class SqueezeExcitation : public Module {
   SqueezeExcitation(int64_t channels, int64_t squeeze_channels, Act act = Act::ReLU,
                     Act scale_act = Act::Sigmoid);
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return "SqueezeExcitation"; }
+  TB_MODULE(SqueezeExcitation)
 };
 
 // ChannelShuffle: [N, g*c, H, W] -> view [N, g, c, H, W] -> transpose(1, 2) -> [N, c*g, H, W],
@@ -87,7 +98,7 @@ class ChannelShuffle : public Module {
  public:
   explicit ChannelShuffle(int64_t groups) : groups(groups) {}
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return "ChannelShuffle"; }
+  TB_MODULE(ChannelShuffle)
   std::string extra_repr() const override;
   int64_t groups;
 };
@@ -103,7 +114,7 @@ class ShuffleNetV2Unit : public Module {
  public:
   ShuffleNetV2Unit(int64_t in, int64_t out, int64_t stride);
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return "ShuffleNetV2Unit"; }
+  TB_MODULE(ShuffleNetV2Unit)
   int64_t stride;
 };
 
@@ -114,7 +125,7 @@ class StochasticDepth : public Module {
  public:
   explicit StochasticDepth(double p, std::string mode = "row");
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return "StochasticDepth"; }
+  TB_MODULE(StochasticDepth)
   std::string extra_repr() const override;
   double p;
   std::string mode; // "row" (per sample) or "batch" (whole batch)
@@ -131,13 +142,13 @@ struct MBConvConfig {
   Act act = Act::SiLU;                   // activation of the expansion and depthwise convs
   Act se_act = Act::SiLU, se_scale_act = Act::Sigmoid;
   std::optional<double> stochastic_depth_prob; // nullopt: no StochasticDepth child (MobileNetV3)
-  BNConfig bn;
+  BatchNorm2dOptions bn;
 };
 class MBConv : public Module {
  public:
   explicit MBConv(const MBConvConfig& c);
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return "MBConv"; }
+  TB_MODULE(MBConv)
   bool use_res_connect;
 };
 
@@ -150,7 +161,7 @@ class BasicBlock : public Module {
   static constexpr int64_t expansion = 1;
   BasicBlock(int64_t inplanes, int64_t planes, int64_t stride = 1, bool downsample = false);
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return "BasicBlock"; }
+  TB_MODULE(BasicBlock)
 };
 
 // Bottleneck (ResNet-50+, torchvision v1.5: stride on the 3×3): 1×1 reduce to C, 3×3 at C,
@@ -162,7 +173,7 @@ class Bottleneck : public Module {
   static constexpr int64_t expansion = 4;
   Bottleneck(int64_t inplanes, int64_t planes, int64_t stride = 1, bool downsample = false);
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return "Bottleneck"; }
+  TB_MODULE(Bottleneck)
 };
 
 // torchvision's _make_divisible: round v to the nearest multiple of divisor (at least

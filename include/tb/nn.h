@@ -1,11 +1,18 @@
 // tb/nn.h — modules: named parameters, buffers and children; hooks; state_dict; the layers.
 //
-//   auto net = std::make_shared<tb::nn::Sequential>();
-//   net->push_back(std::make_shared<tb::nn::Conv2d>(1, 32, 3, 1, 1));
-//   net->push_back(std::make_shared<tb::nn::BatchNorm2d>(32));
-//   net->push_back(std::make_shared<tb::nn::ReLU>());
+//   using namespace tb::nn;
+//   auto net = std::make_shared<Sequential>();
+//   net->push_back(std::make_shared<Conv2d>(Conv2dOptions{.in_channels = 1, .out_channels = 32,
+//                                                         .kernel_size = 3, .padding = 1}));
+//   net->push_back(std::make_shared<BatchNorm2d>(32));
+//   net->push_back(std::make_shared<ReLU>());
 //   tb::Tensor y = (*net)(x);                  // runs pre-hooks, forward, hooks
 //   tb::nn::save(*net, "ckpt.safetensors");    // state_dict keys as PyTorch: "0.weight", ...
+//
+// Surgery (what the compression layer does to a model):
+//   auto copy = tb::nn::clone(*net);                   // independent deep copy
+//   copy->set_submodule("2", std::make_shared<ReLU6>()); // swap a module at any depth
+//   copy->set_data("0.weight", w_smaller);             // new shape, same parameter
 //
 // Design: where a module's tensors live.
 //  * A module keeps its parameters, buffers and plain tensor attributes in ordered vectors of
@@ -29,6 +36,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -37,10 +45,16 @@ namespace tb::nn {
 class Module;
 using ModulePtr = std::shared_ptr<Module>;
 
-// Forward-pre hook: sees the input; may return a replacement (or an undefined Tensor to keep it).
-using ForwardPreHook = std::function<Tensor(Module&, const Tensor& input)>;
-// Forward hook: sees input and output; may return a replacement output (or undefined to keep it).
-using ForwardHook = std::function<Tensor(Module&, const Tensor& input, const Tensor& output)>;
+// Hooks. Most modules take one input; joins (Add, Mul, Cat) take several. A hook may be written
+// for one input — it then sees the first input — or for the list of inputs:
+//   forward-pre hook: (Module&, const Tensor& input)               -> void, or Tensor (replaces it)
+//                     (Module&, const std::vector<Tensor>& inputs) -> void, or vector (replaces them)
+//   forward hook:     (Module&, const Tensor& input, const Tensor& output)               -> void/Tensor
+//                     (Module&, const std::vector<Tensor>& inputs, const Tensor& output) -> void/Tensor
+// A returned undefined Tensor (or empty vector) keeps what was there.
+using ForwardPreHook = std::function<std::vector<Tensor>(Module&, const std::vector<Tensor>& inputs)>;
+using ForwardHook =
+    std::function<Tensor(Module&, const std::vector<Tensor>& inputs, const Tensor& output)>;
 
 namespace detail {
 struct HookLists {
@@ -72,25 +86,42 @@ struct LoadResult {
   std::vector<std::string> missing_keys, unexpected_keys;
 };
 
+// How register_buffer treats a buffer.
+struct BufferOptions {
+  // In state_dict() (and so in checkpoints). Non-persistent buffers are still moved by to().
+  bool persistent = true;
+  // The buffer's shape is only known once data has been seen (per-channel observer statistics,
+  // a mask sized by the first pruning): load_state_dict gives it the checkpoint's shape instead
+  // of refusing the difference. The dtype must still match.
+  bool sized_on_first_use = false;
+};
+
+// Declares the two per-class members every module needs: its name for printing, and the shallow
+// copy that clone() starts from. One line in each module class: `TB_MODULE(Conv2d)`.
+#define TB_MODULE(Class)                                                                   \
+  std::string type_name() const override { return #Class; }                                \
+  ::tb::nn::ModulePtr shallow_copy() const override { return std::make_shared<Class>(*this); }
+
 class Module {
  public:
   Module();
   virtual ~Module() = default;
-  Module(const Module&) = delete;
   Module& operator=(const Module&) = delete;
 
-  // The computation; the base raises tb::Error. Call modules through operator(), not forward,
-  // so that hooks run.
+  // The computation. Override forward(x) for one input, forward_list(xs) for several; the other
+  // raises tb::Error naming the module. Call modules through operator(), so that hooks run.
   virtual Tensor forward(const Tensor& x);
+  virtual Tensor forward_list(const std::vector<Tensor>& xs); // default: forward(xs[0]) for one
   // Runs forward-pre hooks (in registration order), forward, then forward hooks.
   Tensor operator()(const Tensor& x);
+  Tensor operator()(const Tensor& a, const Tensor& b);
+  Tensor operator()(const std::vector<Tensor>& xs);
 
   // ---- registration (names must be new to this module, non-empty, without '.') ----------------
   // Registers `t` (a leaf; requires_grad is switched on) as parameter `name`; returns it.
   Tensor register_parameter(const std::string& name, const Tensor& t);
-  // Buffers are state that is not trained (running statistics, masks). Non-persistent buffers
-  // are moved by to() but left out of state_dict().
-  Tensor register_buffer(const std::string& name, const Tensor& t, bool persistent = true);
+  // Buffers are state that is not trained (running statistics, masks); see BufferOptions.
+  Tensor register_buffer(const std::string& name, const Tensor& t, BufferOptions o = {});
   template <class M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
     register_child(name, m);
@@ -99,11 +130,33 @@ class Module {
   // Remove and return an entry (tb::Error when absent); the order of the others is kept.
   Tensor remove_parameter(const std::string& name);
   Tensor remove_buffer(const std::string& name);
-  // Replaces a buffer's or plain attribute's value in place, or creates a plain attribute (not in
-  // state_dict, moved by to()). tb::Error for a parameter name: remove it first, or copy_ into it.
+  // Replaces a buffer's or plain attribute's value (a new tensor object), or creates a plain
+  // attribute (not in state_dict, moved by to()). tb::Error for a parameter name: use set_data.
   void set_tensor(const std::string& name, const Tensor& t);
-  // Replaces child `name` keeping its position, or appends it (module swapping: fusion, quant).
+  // Replaces direct child `name` keeping its position, or appends it.
   void set_module(const std::string& name, ModulePtr m);
+
+  // ---- surgery (paths are dotted, relative to this module: "features.3.conv.1") ---------------
+  // The module at `path` ("" is this module). tb::Error naming the part of the path that does
+  // not exist and the children that do.
+  Module& get_submodule(const std::string& path);
+  // Replaces the module at `path` (which must exist) by `m`, keeping its name and position in
+  // its parent; returns the module that was there. The swap used by fusion and quantization.
+  ModulePtr set_submodule(const std::string& path, ModulePtr m);
+  // Gives the parameter or buffer at `path` ("features.0.weight") new data, of any shape, while
+  // it keeps its name, its position and its identity (every handle to it, an optimizer's
+  // included, sees the new data; as libtorch's set_data / PyTorch's `p.data = ...`). `data` is
+  // copied (no autograd history); its dtype and device must equal the old ones (tb::Error
+  // otherwise). The gradient is dropped. Optimizers keep per-parameter state by identity: see
+  // Optimizer::step for what happens to state of the old shape.
+  void set_data(const std::string& path, const Tensor& data);
+  // An independent deep copy: parameters, buffers and attributes copied (same keys, order,
+  // dtypes, devices, layouts, requires_grad; no gradients), children cloned (a module or tensor
+  // shared inside the tree stays shared in the copy), same training flag, hooks copied (a hook
+  // receives the module it runs on, so hooks written against that argument work on the copy;
+  // state a hook captured is shared). Every module class in the tree needs TB_MODULE (tb::Error
+  // naming the class otherwise). clone<M>(m) below keeps the static type.
+  ModulePtr clone() const;
 
   // ---- lookup ---------------------------------------------------------------------------------
   // Parameter, buffer or plain attribute `name` of this module; tb::Error when absent.
@@ -112,9 +165,9 @@ class Module {
   Tensor find(const std::string& name) const;
   bool has_parameter(const std::string& name) const;
   bool has_buffer(const std::string& name) const;
-  // Direct child `name` (tb::Error when absent); a dotted path "features.0" for get_submodule.
+  bool has_child(const std::string& name) const;
+  // Direct child `name`; tb::Error naming the children that exist when absent.
   ModulePtr child(const std::string& name) const;
-  Module& get_submodule(const std::string& path);
 
   // ---- traversal (pre-order: own entries, then each child's; shared tensors listed once) -------
   std::vector<Tensor> parameters(bool recurse = true) const;
@@ -138,31 +191,58 @@ class Module {
   Module& to(DType t); // floating tensors only (num_batches_tracked stays int64), as PyTorch
   void zero_grad(bool set_to_none = true);
 
-  // ---- hooks (fn may return void, or a Tensor to replace the input / output) -------------------
+  // ---- hooks (see ForwardPreHook / ForwardHook for the accepted signatures) --------------------
   template <class F>
   HookHandle register_forward_pre_hook(F fn) {
-    if constexpr (std::is_void_v<std::invoke_result_t<F&, Module&, const Tensor&>>)
-      return add_pre_hook([fn](Module& m, const Tensor& x) mutable { fn(m, x); return Tensor(); });
-    else
-      return add_pre_hook(ForwardPreHook(std::move(fn)));
+    using In = std::vector<Tensor>;
+    if constexpr (std::is_invocable_v<F&, Module&, const In&>) {
+      if constexpr (std::is_void_v<std::invoke_result_t<F&, Module&, const In&>>)
+        return add_pre_hook([fn](Module& m, const In& xs) mutable { fn(m, xs); return In(); });
+      else
+        return add_pre_hook(ForwardPreHook(std::move(fn)));
+    } else if constexpr (std::is_void_v<std::invoke_result_t<F&, Module&, const Tensor&>>) {
+      return add_pre_hook([fn](Module& m, const In& xs) mutable { fn(m, xs[0]); return In(); });
+    } else {
+      return add_pre_hook([fn](Module& m, const In& xs) mutable {
+        Tensor r = fn(m, xs[0]);
+        if (!r.defined()) return In();
+        In out = xs;
+        out[0] = r;
+        return out;
+      });
+    }
   }
   template <class F>
   HookHandle register_forward_hook(F fn) {
-    if constexpr (std::is_void_v<std::invoke_result_t<F&, Module&, const Tensor&, const Tensor&>>)
-      return add_hook([fn](Module& m, const Tensor& x, const Tensor& y) mutable {
-        fn(m, x, y);
+    using In = std::vector<Tensor>;
+    if constexpr (std::is_invocable_v<F&, Module&, const In&, const Tensor&>) {
+      if constexpr (std::is_void_v<std::invoke_result_t<F&, Module&, const In&, const Tensor&>>)
+        return add_hook([fn](Module& m, const In& xs, const Tensor& y) mutable {
+          fn(m, xs, y);
+          return Tensor();
+        });
+      else
+        return add_hook(ForwardHook(std::move(fn)));
+    } else if constexpr (std::is_void_v<
+                             std::invoke_result_t<F&, Module&, const Tensor&, const Tensor&>>) {
+      return add_hook([fn](Module& m, const In& xs, const Tensor& y) mutable {
+        fn(m, xs[0], y);
         return Tensor();
       });
-    else
-      return add_hook(ForwardHook(std::move(fn)));
+    } else {
+      return add_hook([fn](Module& m, const In& xs, const Tensor& y) mutable {
+        return Tensor(fn(m, xs[0], y));
+      });
+    }
   }
 
   // ---- checkpoints ----------------------------------------------------------------------------
   // Parameters and persistent buffers, detached (sharing storage), keys and order as PyTorch.
   StateDict state_dict() const;
   // Copies `dict` into this module's tensors (all or nothing). Missing and unexpected keys are
-  // errors when strict (returned otherwise); shape and dtype mismatches are always errors. Every
-  // problem found is listed in ONE tb::Error message.
+  // errors when strict (returned otherwise); dtype mismatches are always errors, and so are shape
+  // mismatches except for buffers registered sized_on_first_use, which take the checkpoint's
+  // shape. Every problem found is listed in ONE tb::Error message.
   LoadResult load_state_dict(const StateDict& dict, bool strict = true);
 
   // ---- printing -------------------------------------------------------------------------------
@@ -170,7 +250,13 @@ class Module {
   virtual std::string extra_repr() const { return ""; }
   std::string str() const; // PyTorch-like tree: "Sequential(\n  (0): Conv2d(1, 32, ...)\n)"
 
+  // A new object of this module's class with the same fields, sharing tensors and children (the
+  // first step of clone(); TB_MODULE writes it). The base returns nullptr.
+  virtual ModulePtr shallow_copy() const { return nullptr; }
+
  protected:
+  // Copies the entries (sharing the tensors and children) and the hooks; for shallow_copy.
+  Module(const Module& other);
   bool training_ = true;
 
  private:
@@ -178,14 +264,23 @@ class Module {
   void check_new_name(const char* what, const std::string& name) const;
   HookHandle add_pre_hook(ForwardPreHook fn);
   HookHandle add_hook(ForwardHook fn);
-  void collect_state(const std::string& prefix, StateDict& out) const;
+  // `sized` (optional) receives the live buffers registered sized_on_first_use, by key.
+  void collect_state(const std::string& prefix, StateDict& out,
+                     std::unordered_map<std::string, Tensor>* sized = nullptr) const;
   template <class Fn> void for_each_tensor(Fn&& fn);
+  friend struct CloneContext;
 
   std::vector<std::pair<std::string, Tensor>> params_, buffers_, attrs_;
-  std::vector<std::string> non_persistent_;
+  std::vector<std::string> non_persistent_, sized_on_first_use_;
   std::vector<std::pair<std::string, ModulePtr>> children_;
   std::shared_ptr<detail::HookLists> hooks_;
 };
+
+// clone() with the static type kept: `std::shared_ptr<Sequential> copy = nn::clone(*net);`.
+template <class M>
+std::shared_ptr<M> clone(const M& m) {
+  return std::static_pointer_cast<M>(m.clone());
+}
 
 // Checkpoint helpers: state_dict to / from a safetensors file (atomic write; see io.h).
 void save(const Module& m, const std::string& path, const Metadata& metadata = {});
@@ -210,13 +305,26 @@ class Sequential : public Module {
     return p;
   }
   Tensor forward(const Tensor& x) override;
-  std::string type_name() const override { return "Sequential"; }
+  TB_MODULE(Sequential)
 };
 
 // =============================================================================================
 // Layers. Default initialisation is PyTorch's: Linear/Conv2d weight kaiming_uniform_(a = sqrt(5))
 // (i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))), bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)); BatchNorm
 // weight 1, bias 0, running_mean 0, running_var 1, num_batches_tracked 0 (int64 scalar).
+//
+// Sizes (in/out features, channels, kernel size) are read from the weights, never stored beside
+// them, so they stay true when surgery gives a weight a new shape (Module::set_data).
+
+// A height × width pair that a single number also initialises: `.kernel_size = 3` or
+// `.kernel_size = {3, 1}` (PyTorch's int-or-tuple arguments).
+struct Size2 {
+  int64_t h = 0, w = 0;
+  Size2() = default;
+  Size2(int64_t v) : h(v), w(v) {}
+  Size2(int64_t h_, int64_t w_) : h(h_), w(w_) {}
+  bool operator==(const Size2&) const = default;
+};
 
 // y = x W^T + b; x [..., in], W [out, in], b [out].
 class Linear : public Module {
@@ -225,25 +333,52 @@ class Linear : public Module {
   Tensor forward(const Tensor& x) override;
   Tensor weight() const { return get("weight"); }
   Tensor bias() const { return find("bias"); }
-  std::string type_name() const override { return "Linear"; }
+  int64_t in_features() const { return weight().size(1); }
+  int64_t out_features() const { return weight().size(0); }
+  TB_MODULE(Linear)
   std::string extra_repr() const override;
-  int64_t in_features, out_features;
 };
 
-// x [N, C_in, H, W] -> [N, C_out, Ho, Wo]; weight [C_out, C_in/groups, k, k], bias [C_out].
+// Conv2d's settings, PyTorch's names and defaults:
+//   Conv2d conv({.in_channels = 32, .out_channels = 64, .kernel_size = 3, .padding = 1});
+struct Conv2dOptions {
+  int64_t in_channels = 0, out_channels = 0;
+  Size2 kernel_size = 0;
+  Size2 stride = 1;
+  Size2 padding = 0;
+  Size2 dilation = 1;
+  int64_t groups = 1;
+  bool bias = true;
+  TensorOptions tensor = {}; // dtype and device of the weights
+};
+
+// x [N, C_in, H, W] -> [N, C_out, Ho, Wo]; weight [C_out, C_in/groups, kh, kw], bias [C_out].
 class Conv2d : public Module {
  public:
-  Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride = 1,
-         int64_t padding = 0, int64_t dilation = 1, int64_t groups = 1, bool bias = true,
-         TensorOptions o = {});
+  // The common case: stride 1, no padding, with bias.
+  Conv2d(int64_t in_channels, int64_t out_channels, Size2 kernel_size);
+  explicit Conv2d(const Conv2dOptions& o);
   Tensor forward(const Tensor& x) override;
   Tensor weight() const { return get("weight"); }
   Tensor bias() const { return find("bias"); }
-  std::string type_name() const override { return "Conv2d"; }
+  int64_t in_channels() const { return weight().size(1) * params.groups; }
+  int64_t out_channels() const { return weight().size(0); }
+  Size2 kernel_size() const { return {weight().size(2), weight().size(3)}; }
+  TB_MODULE(Conv2d)
   std::string extra_repr() const override;
-  int64_t in_channels, out_channels, kernel_size;
-  Conv2dParams params;
+  Conv2dParams params; // stride, padding, dilation, groups
 };
+
+// BatchNorm settings (PyTorch's names and defaults). momentum nullopt: the cumulative average
+// 1/num_batches_tracked.
+struct BatchNorm2dOptions {
+  double eps = 1e-5;
+  std::optional<double> momentum = 0.1;
+  bool affine = true;
+  bool track_running_stats = true;
+  TensorOptions tensor = {};
+};
+using BatchNorm1dOptions = BatchNorm2dOptions;
 
 // Batch normalisation over dim 1. Training: batch statistics, running stats updated with
 // `momentum` (nullopt: cumulative average 1/num_batches_tracked), num_batches_tracked += 1.
@@ -251,31 +386,31 @@ class Conv2d : public Module {
 // statistics are used in both modes.
 class BatchNormBase : public Module {
  public:
-  BatchNormBase(int64_t num_features, double eps, std::optional<double> momentum, bool affine,
-                bool track_running_stats, TensorOptions o);
+  BatchNormBase(int64_t num_features, const BatchNorm2dOptions& o);
   Tensor forward(const Tensor& x) override;
   Tensor weight() const { return find("weight"); }
   Tensor bias() const { return find("bias"); }
   Tensor running_mean() const { return find("running_mean"); }
   Tensor running_var() const { return find("running_var"); }
   Tensor num_batches_tracked() const { return find("num_batches_tracked"); }
+  // From the weight or running_mean; the constructor's value when there is neither.
+  int64_t num_features() const;
+  bool affine() const { return has_parameter("weight"); }
+  bool track_running_stats() const { return has_buffer("running_mean"); }
   std::string extra_repr() const override;
-  int64_t num_features;
   double eps;
   std::optional<double> momentum;
-  bool affine, track_running_stats;
 
  protected:
   virtual void check_input(const Tensor& x) const = 0;
+  int64_t num_features_;
 };
 // x [N, C] or [N, C, L].
 class BatchNorm1d : public BatchNormBase {
  public:
-  explicit BatchNorm1d(int64_t num_features, double eps = 1e-5,
-                       std::optional<double> momentum = 0.1, bool affine = true,
-                       bool track_running_stats = true, TensorOptions o = {})
-      : BatchNormBase(num_features, eps, momentum, affine, track_running_stats, o) {}
-  std::string type_name() const override { return "BatchNorm1d"; }
+  explicit BatchNorm1d(int64_t num_features, const BatchNorm1dOptions& o = {})
+      : BatchNormBase(num_features, o) {}
+  TB_MODULE(BatchNorm1d)
 
  protected:
   void check_input(const Tensor& x) const override;
@@ -283,11 +418,9 @@ class BatchNorm1d : public BatchNormBase {
 // x [N, C, H, W].
 class BatchNorm2d : public BatchNormBase {
  public:
-  explicit BatchNorm2d(int64_t num_features, double eps = 1e-5,
-                       std::optional<double> momentum = 0.1, bool affine = true,
-                       bool track_running_stats = true, TensorOptions o = {})
-      : BatchNormBase(num_features, eps, momentum, affine, track_running_stats, o) {}
-  std::string type_name() const override { return "BatchNorm2d"; }
+  explicit BatchNorm2d(int64_t num_features, const BatchNorm2dOptions& o = {})
+      : BatchNormBase(num_features, o) {}
+  TB_MODULE(BatchNorm2d)
 
  protected:
   void check_input(const Tensor& x) const override;
@@ -298,7 +431,7 @@ class BatchNorm2d : public BatchNormBase {
   class Name : public Module {                                            \
    public:                                                                \
     Tensor forward(const Tensor& x) override { return expr; }             \
-    std::string type_name() const override { return #Name; }              \
+    TB_MODULE(Name)                                                       \
   };
 TB_NN_ACTIVATION(ReLU, relu(x))
 TB_NN_ACTIVATION(ReLU6, relu6(x))
@@ -314,7 +447,7 @@ class LeakyReLU : public Module {
  public:
   explicit LeakyReLU(double negative_slope = 0.01) : negative_slope(negative_slope) {}
   Tensor forward(const Tensor& x) override { return leaky_relu(x, negative_slope); }
-  std::string type_name() const override { return "LeakyReLU"; }
+  TB_MODULE(LeakyReLU)
   std::string extra_repr() const override;
   double negative_slope;
 };
@@ -323,39 +456,55 @@ class GELU : public Module {
  public:
   explicit GELU(std::string approximate = "none") : approximate(std::move(approximate)) {}
   Tensor forward(const Tensor& x) override { return gelu(x, approximate); }
-  std::string type_name() const override { return "GELU"; }
+  TB_MODULE(GELU)
   std::string extra_repr() const override;
   std::string approximate; // "none" (erf) or "tanh"
 };
 
-// Pooling over [N, C, H, W]; stride defaults to the kernel size.
+// Pooling over [N, C, H, W], PyTorch's names and defaults; stride unset follows the kernel size
+// (PyTorch's stride=None):
+//   MaxPool2d pool({.kernel_size = 3, .stride = 2, .padding = 1});
+struct MaxPool2dOptions {
+  Size2 kernel_size = 0;
+  std::optional<Size2> stride;
+  Size2 padding = 0;
+  bool ceil_mode = false;
+};
+struct AvgPool2dOptions {
+  Size2 kernel_size = 0;
+  std::optional<Size2> stride;
+  Size2 padding = 0;
+  bool ceil_mode = false;
+  bool count_include_pad = true;
+};
 class MaxPool2d : public Module {
  public:
-  explicit MaxPool2d(int64_t kernel_size, std::optional<int64_t> stride = std::nullopt,
-                     int64_t padding = 0, bool ceil_mode = false);
+  explicit MaxPool2d(Size2 kernel_size) : MaxPool2d(MaxPool2dOptions{.kernel_size = kernel_size}) {}
+  explicit MaxPool2d(const MaxPool2dOptions& o);
   Tensor forward(const Tensor& x) override { return max_pool2d(x, params); }
-  std::string type_name() const override { return "MaxPool2d"; }
+  TB_MODULE(MaxPool2d)
   std::string extra_repr() const override;
   Pool2dParams params;
 };
 class AvgPool2d : public Module {
  public:
-  explicit AvgPool2d(int64_t kernel_size, std::optional<int64_t> stride = std::nullopt,
-                     int64_t padding = 0, bool ceil_mode = false, bool count_include_pad = true);
+  explicit AvgPool2d(Size2 kernel_size) : AvgPool2d(AvgPool2dOptions{.kernel_size = kernel_size}) {}
+  explicit AvgPool2d(const AvgPool2dOptions& o);
   Tensor forward(const Tensor& x) override { return avg_pool2d(x, params); }
-  std::string type_name() const override { return "AvgPool2d"; }
+  TB_MODULE(AvgPool2d)
   std::string extra_repr() const override;
   Pool2dParams params;
 };
 // [N, C, H, W] -> [N, C, out_h, out_w].
 class AdaptiveAvgPool2d : public Module {
  public:
-  explicit AdaptiveAvgPool2d(int64_t output_size) : out_h(output_size), out_w(output_size) {}
-  AdaptiveAvgPool2d(int64_t out_h, int64_t out_w) : out_h(out_h), out_w(out_w) {}
-  Tensor forward(const Tensor& x) override { return adaptive_avg_pool2d(x, out_h, out_w); }
-  std::string type_name() const override { return "AdaptiveAvgPool2d"; }
+  explicit AdaptiveAvgPool2d(Size2 output_size) : output_size(output_size) {}
+  Tensor forward(const Tensor& x) override {
+    return adaptive_avg_pool2d(x, output_size.h, output_size.w);
+  }
+  TB_MODULE(AdaptiveAvgPool2d)
   std::string extra_repr() const override;
-  int64_t out_h, out_w;
+  Size2 output_size;
 };
 
 // Flattens dims start_dim..end_dim into one ([N, C, H, W] -> [N, C*H*W] by default).
@@ -364,7 +513,7 @@ class Flatten : public Module {
   explicit Flatten(int64_t start_dim = 1, int64_t end_dim = -1)
       : start_dim(start_dim), end_dim(end_dim) {}
   Tensor forward(const Tensor& x) override { return flatten(x, start_dim, end_dim); }
-  std::string type_name() const override { return "Flatten"; }
+  TB_MODULE(Flatten)
   std::string extra_repr() const override;
   int64_t start_dim, end_dim;
 };
@@ -375,9 +524,39 @@ class Dropout : public Module {
  public:
   explicit Dropout(double p = 0.5);
   Tensor forward(const Tensor& x) override { return dropout(x, p, is_training()); }
-  std::string type_name() const override { return "Dropout"; }
+  TB_MODULE(Dropout)
   std::string extra_repr() const override;
   double p;
+};
+
+// =============================================================================================
+// Joins: the ops that combine several tensors, as modules (the role of PyTorch's
+// FloatFunctional), so that forward hooks see them. A quantization observer or a feature
+// capture attaches to a residual add exactly as to a conv. Call them with the inputs:
+// `y = (*child("skip_add"))(a, b)`.
+
+// y = a + b (broadcasting).
+class Add : public Module {
+ public:
+  Tensor forward_list(const std::vector<Tensor>& xs) override;
+  TB_MODULE(Add)
+};
+
+// y = a * b (broadcasting), e.g. a squeeze-excitation gate times the features.
+class Mul : public Module {
+ public:
+  Tensor forward_list(const std::vector<Tensor>& xs) override;
+  TB_MODULE(Mul)
+};
+
+// y = cat(xs, dim).
+class Cat : public Module {
+ public:
+  explicit Cat(int64_t dim = 0) : dim(dim) {}
+  Tensor forward_list(const std::vector<Tensor>& xs) override;
+  TB_MODULE(Cat)
+  std::string extra_repr() const override;
+  int64_t dim;
 };
 
 } // namespace tb::nn

@@ -1,6 +1,6 @@
 // tb/optim.h — optimizers (SGD, Adam, AdamW) and learning-rate schedulers, as PyTorch's.
 //
-//   tb::optim::SGD opt(net->parameters(), /*lr=*/0.1, /*momentum=*/0.9);
+//   tb::optim::SGD opt(net->parameters(), {.lr = 0.1, .momentum = 0.9});
 //   tb::optim::CosineAnnealingLR sched(opt, /*T_max=*/epochs);
 //   for (...) { opt.zero_grad(); loss.backward(); opt.step(); }  sched.step();  // per epoch
 //
@@ -10,10 +10,17 @@
 // training checkpoint can hold it next to the model's state_dict (see state_dict()). State lives
 // on each parameter's device and dtype when created: move the model (Module::to) before the first
 // step; existing state is not moved with it (as in PyTorch).
+//
+// State follows a parameter by identity, so it survives Module::set_data. When that changed the
+// parameter's shape (structured pruning), the old state no longer fits: the next step() finds a
+// state tensor whose shape differs from the parameter's and starts that parameter's state afresh
+// (no momentum, Adam's step count 0), as for a new parameter. To keep it instead, transform it
+// first with remap_state (e.g. index_select the kept channels of the momentum buffer).
 #pragma once
 
 #include <tb/io.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <unordered_map>
@@ -51,6 +58,12 @@ class Optimizer {
   // The state of parameter p ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq",
   // "step"), or nullptr before its first update.
   const TensorDict* state(const Tensor& p) const;
+  // Forgets p's state: the next step treats p as new.
+  void reset_state(const Tensor& p);
+  // Replaces each state tensor of p (except the "step" count) by fn(name, tensor), e.g. to follow
+  // a shape change of p. tb::Error if a result's dtype or device differs from the old tensor's.
+  void remap_state(const Tensor& p,
+                   const std::function<Tensor(const std::string& name, const Tensor& t)>& fn);
 
   // Named tensors, PyTorch's layout flattened (parameters numbered across groups in order):
   //   "param_groups.<g>.lr", ".initial_lr", ".weight_decay"  float64 scalars
@@ -65,7 +78,8 @@ class Optimizer {
 
  protected:
   Optimizer(const char* name, std::vector<ParamGroup> groups, double lr, double weight_decay);
-  // The state of p, created empty on first use.
+  // The state of p, created empty on first use, and emptied when a state tensor's shape no longer
+  // matches p's (see the note on set_data at the top).
   TensorDict& mutable_state(const Tensor& p);
   // Increments and returns the "step" count of p's state (an int64 scalar on the CPU).
   int64_t increment_step(TensorDict& state);
@@ -84,12 +98,18 @@ std::vector<ParamGroup> single_group(std::vector<Tensor> params);
 //   momentum: buf = g (first step) else buf = momentum * buf + (1 - dampening) * g;
 //             g = nesterov ? g + momentum * buf : buf;
 //   p -= lr * g.
+// Settings with PyTorch's names and defaults:
+//   SGD opt(net->parameters(), {.lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4});
+struct SGDOptions {
+  double lr = 1e-3;
+  double momentum = 0, dampening = 0, weight_decay = 0;
+  bool nesterov = false;
+};
 class SGD : public Optimizer {
  public:
-  SGD(std::vector<Tensor> params, double lr, double momentum = 0, double dampening = 0,
-      double weight_decay = 0, bool nesterov = false);
-  SGD(std::vector<ParamGroup> groups, double lr, double momentum = 0, double dampening = 0,
-      double weight_decay = 0, bool nesterov = false);
+  SGD(std::vector<Tensor> params, double lr) : SGD(std::move(params), SGDOptions{.lr = lr}) {}
+  SGD(std::vector<Tensor> params, const SGDOptions& o);
+  SGD(std::vector<ParamGroup> groups, const SGDOptions& o);
   void step() override;
   double momentum, dampening;
   bool nesterov;
@@ -98,32 +118,39 @@ class SGD : public Optimizer {
 // Adam: t += 1; g = grad (+ wd * p for Adam; AdamW instead first does p *= 1 - lr * wd);
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  (amsgrad: vmax = max(vmax, v), used for v)
 //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+//   Adam opt(net->parameters(), {.lr = 3e-4, .betas = {0.9, 0.98}});
+struct AdamOptions {
+  double lr = 1e-3;
+  std::pair<double, double> betas = {0.9, 0.999};
+  double eps = 1e-8;
+  double weight_decay = 0;
+  bool amsgrad = false;
+};
 class Adam : public Optimizer {
  public:
-  Adam(std::vector<Tensor> params, double lr = 1e-3, std::pair<double, double> betas = {0.9, 0.999},
-       double eps = 1e-8, double weight_decay = 0, bool amsgrad = false);
-  Adam(std::vector<ParamGroup> groups, double lr = 1e-3,
-       std::pair<double, double> betas = {0.9, 0.999}, double eps = 1e-8, double weight_decay = 0,
-       bool amsgrad = false);
+  Adam(std::vector<Tensor> params, const AdamOptions& o = {});
+  Adam(std::vector<ParamGroup> groups, const AdamOptions& o = {});
   void step() override;
   double beta1, beta2, eps;
   bool amsgrad;
 
  protected:
-  Adam(const char* name, bool decoupled, std::vector<ParamGroup> groups, double lr,
-       std::pair<double, double> betas, double eps, double weight_decay, bool amsgrad);
+  Adam(const char* name, bool decoupled, std::vector<ParamGroup> groups, const AdamOptions& o);
   bool decoupled_weight_decay_ = false;
 };
 
-// AdamW: Adam with decoupled weight decay (default 0.01).
+// AdamW: Adam with decoupled weight decay; PyTorch's default weight_decay 0.01.
+struct AdamWOptions {
+  double lr = 1e-3;
+  std::pair<double, double> betas = {0.9, 0.999};
+  double eps = 1e-8;
+  double weight_decay = 1e-2;
+  bool amsgrad = false;
+};
 class AdamW : public Adam {
  public:
-  AdamW(std::vector<Tensor> params, double lr = 1e-3,
-        std::pair<double, double> betas = {0.9, 0.999}, double eps = 1e-8,
-        double weight_decay = 1e-2, bool amsgrad = false);
-  AdamW(std::vector<ParamGroup> groups, double lr = 1e-3,
-        std::pair<double, double> betas = {0.9, 0.999}, double eps = 1e-8,
-        double weight_decay = 1e-2, bool amsgrad = false);
+  AdamW(std::vector<Tensor> params, const AdamWOptions& o = {});
+  AdamW(std::vector<ParamGroup> groups, const AdamWOptions& o = {});
 };
 
 // =============================================================================================

@@ -28,7 +28,7 @@ int64_t layer_mult_adds(nn::Module& m, const Tensor& out) {
     const Shape& w = c->weight().shape(); // [Cout, Cin/groups, kh, kw]
     return out.numel() * w[1] * w[2] * w[3];
   }
-  if (auto* l = dynamic_cast<nn::Linear*>(&m)) return out.numel() * l->in_features;
+  if (auto* l = dynamic_cast<nn::Linear*>(&m)) return out.numel() * l->in_features();
   return 0;
 }
 

@@ -18,10 +18,21 @@ Tensor call(const Module& m, const std::string& name, const Tensor& x) {
   return (*m.child(name))(x);
 }
 
-bool has_child(const Module& m, const std::string& name) {
-  for (auto& [n, c] : m.named_children())
-    if (n == name) return true;
-  return false;
+// The 3×3 stem of the mobile nets: stride 2, or 1 for small inputs.
+ModulePtr stem(const ModelOptions& o, int64_t out, Act act, BatchNorm2dOptions bn = {}) {
+  return std::make_shared<ConvBNAct>(ConvBNActOptions{.in_channels = o.in_channels,
+                                                      .out_channels = out,
+                                                      .stride = o.small_input ? 1 : 2,
+                                                      .act = act, .bn = bn});
+}
+// The last 1×1 ConvBNAct before the classifier.
+ModulePtr pointwise(int64_t in, int64_t out, Act act, BatchNorm2dOptions bn = {}) {
+  return std::make_shared<ConvBNAct>(ConvBNActOptions{.in_channels = in, .out_channels = out,
+                                                      .kernel_size = 1, .act = act, .bn = bn});
+}
+// The 3×3 max-pool of the ResNet and ShuffleNet stems.
+ModulePtr stem_maxpool() {
+  return std::make_shared<MaxPool2d>(MaxPool2dOptions{.kernel_size = 3, .stride = 2, .padding = 1});
 }
 
 void check_options(const char* model, const ModelOptions& o) {
@@ -51,7 +62,7 @@ void init_weights(Module& model, LinearInit linear, bool convs = true) {
         normal_(w, 0.0, 0.01);
         if (b.defined()) b.zero_();
       } else if (linear == LinearInit::UniformFanOut) {
-        double r = 1.0 / std::sqrt((double)l->out_features);
+        double r = 1.0 / std::sqrt((double)l->out_features());
         uniform_(w, -r, r);
         if (b.defined()) b.zero_();
       }
@@ -69,13 +80,14 @@ class ResNet : public Module {
          std::string name)
       : name_(std::move(name)) {
     check_options(name_.c_str(), o);
-    if (o.small_input)
-      register_module("conv1", std::make_shared<Conv2d>(o.in_channels, 64, 3, 1, 1, 1, 1, false));
-    else
-      register_module("conv1", std::make_shared<Conv2d>(o.in_channels, 64, 7, 2, 3, 1, 1, false));
+    // 7×7 stride 2 (3×3 stride 1 for small inputs)
+    int64_t k = o.small_input ? 3 : 7;
+    register_module("conv1", std::make_shared<Conv2d>(Conv2dOptions{
+        .in_channels = o.in_channels, .out_channels = 64, .kernel_size = k,
+        .stride = o.small_input ? 1 : 2, .padding = k / 2, .bias = false}));
     register_module("bn1", std::make_shared<BatchNorm2d>(64));
     register_module("relu", std::make_shared<ReLU>());
-    if (!o.small_input) register_module("maxpool", std::make_shared<MaxPool2d>(3, 2, 1));
+    if (!o.small_input) register_module("maxpool", stem_maxpool());
     int64_t inplanes = 64;
     for (size_t i = 0; i < 4; i++) {
       int64_t planes = 64 << i, stride = i == 0 ? 1 : 2;
@@ -94,12 +106,13 @@ class ResNet : public Module {
 
   Tensor forward(const Tensor& input) override {
     Tensor x = call(*this, "relu", call(*this, "bn1", call(*this, "conv1", input)));
-    if (has_child(*this, "maxpool")) x = call(*this, "maxpool", x);
+    if (has_child("maxpool")) x = call(*this, "maxpool", x);
     for (const char* l : {"layer1", "layer2", "layer3", "layer4"}) x = call(*this, l, x);
     x = flatten(call(*this, "avgpool", x), 1);
     return call(*this, "fc", x);
   }
   std::string type_name() const override { return name_; }
+  ModulePtr shallow_copy() const override { return std::make_shared<ResNet>(*this); }
 
  private:
   std::string name_;
@@ -114,10 +127,11 @@ class FeaturesClassifier : public Module {
   explicit FeaturesClassifier(std::string name) : name_(std::move(name)) {}
   Tensor forward(const Tensor& input) override {
     Tensor x = call(*this, "features", input);
-    x = has_child(*this, "avgpool") ? call(*this, "avgpool", x) : adaptive_avg_pool2d(x, 1, 1);
+    x = has_child("avgpool") ? call(*this, "avgpool", x) : adaptive_avg_pool2d(x, 1, 1);
     return call(*this, "classifier", flatten(x, 1));
   }
   std::string type_name() const override { return name_; }
+  ModulePtr shallow_copy() const override { return std::make_shared<FeaturesClassifier>(*this); }
 
  private:
   std::string name_;
@@ -141,12 +155,13 @@ class ShuffleNetV2 : public Module {
     check_options(name_.c_str(), o);
     int64_t in = channels[0];
     auto conv1 = std::make_shared<Sequential>();
-    conv1->push_back(std::make_shared<Conv2d>(o.in_channels, in, 3, o.small_input ? 1 : 2, 1, 1,
-                                              1, false));
+    conv1->push_back(std::make_shared<Conv2d>(Conv2dOptions{
+        .in_channels = o.in_channels, .out_channels = in, .kernel_size = 3,
+        .stride = o.small_input ? 1 : 2, .padding = 1, .bias = false}));
     conv1->push_back(std::make_shared<BatchNorm2d>(in));
     conv1->push_back(std::make_shared<ReLU>());
     register_module("conv1", conv1);
-    if (!o.small_input) register_module("maxpool", std::make_shared<MaxPool2d>(3, 2, 1));
+    if (!o.small_input) register_module("maxpool", stem_maxpool());
     for (size_t s = 0; s < 3; s++) {
       auto stage = std::make_shared<Sequential>();
       int64_t out = channels[s + 1];
@@ -157,7 +172,8 @@ class ShuffleNetV2 : public Module {
       in = out;
     }
     auto conv5 = std::make_shared<Sequential>();
-    conv5->push_back(std::make_shared<Conv2d>(in, channels[4], 1, 1, 0, 1, 1, false));
+    conv5->push_back(std::make_shared<Conv2d>(Conv2dOptions{
+        .in_channels = in, .out_channels = channels[4], .kernel_size = 1, .bias = false}));
     conv5->push_back(std::make_shared<BatchNorm2d>(channels[4]));
     conv5->push_back(std::make_shared<ReLU>());
     register_module("conv5", conv5);
@@ -166,11 +182,12 @@ class ShuffleNetV2 : public Module {
 
   Tensor forward(const Tensor& input) override {
     Tensor x = call(*this, "conv1", input);
-    if (has_child(*this, "maxpool")) x = call(*this, "maxpool", x);
+    if (has_child("maxpool")) x = call(*this, "maxpool", x);
     for (const char* s : {"stage2", "stage3", "stage4", "conv5"}) x = call(*this, s, x);
     return call(*this, "fc", mean(x, {2, 3}));
   }
   std::string type_name() const override { return name_; }
+  ModulePtr shallow_copy() const override { return std::make_shared<ShuffleNetV2>(*this); }
 
  private:
   std::string name_;
@@ -202,8 +219,7 @@ ModulePtr mobilenet_v1(const ModelOptions& o) {
   auto w = [&](int64_t c) { return make_divisible(c * o.width_mult, 8); };
   auto features = std::make_shared<Sequential>();
   int64_t in = w(32);
-  features->push_back(
-      std::make_shared<ConvBNAct>(o.in_channels, in, 3, o.small_input ? 1 : 2, 1, Act::ReLU));
+  features->push_back(stem(o, in, Act::ReLU));
   for (auto& [c, s] : cfg) {
     features->push_back(std::make_shared<DepthwiseSeparable>(in, w(c), s));
     in = w(c);
@@ -224,16 +240,16 @@ ModulePtr mobilenet_v2(const ModelOptions& o) {
   int64_t in = make_divisible(32 * o.width_mult, 8);
   int64_t last = make_divisible(1280 * std::max(1.0, o.width_mult), 8);
   auto features = std::make_shared<Sequential>();
-  features->push_back(std::make_shared<ConvBNAct>(o.in_channels, in, 3, o.small_input ? 1 : 2, 1,
-                                                  Act::ReLU6));
+  features->push_back(stem(o, in, Act::ReLU6));
   for (auto& [t, c, n, s] : cfg) {
     int64_t out = make_divisible(c * o.width_mult, 8);
     for (int64_t i = 0; i < n; i++) {
-      features->push_back(std::make_shared<InvertedResidual>(in, out, i == 0 ? s : 1, t));
+      features->push_back(std::make_shared<InvertedResidual>(InvertedResidualOptions{
+          .in_channels = in, .out_channels = out, .stride = i == 0 ? s : 1, .expand_ratio = t}));
       in = out;
     }
   }
-  features->push_back(std::make_shared<ConvBNAct>(in, last, 1, 1, 1, Act::ReLU6));
+  features->push_back(pointwise(in, last, Act::ReLU6));
   auto net = std::make_shared<FeaturesClassifier>("MobileNetV2");
   net->register_module("features", features);
   net->register_module("classifier", dropout_linear(o.dropout.value_or(0.2), last, o.num_classes));
@@ -243,7 +259,7 @@ ModulePtr mobilenet_v2(const ModelOptions& o) {
 
 ModulePtr mobilenet_v3_small(const ModelOptions& o) {
   check_options("mobilenet_v3_small", o);
-  const BNConfig bn{1e-3, 0.01};
+  const BatchNorm2dOptions bn{.eps = 1e-3, .momentum = 0.01};
   struct Cfg {
     int64_t in, kernel, expanded, out;
     bool se, hs;
@@ -256,8 +272,7 @@ ModulePtr mobilenet_v3_small(const ModelOptions& o) {
                      {48, 5, 288, 96, true, true, 2},   {96, 5, 576, 96, true, true, 1},
                      {96, 5, 576, 96, true, true, 1}};
   auto features = std::make_shared<Sequential>();
-  features->push_back(std::make_shared<ConvBNAct>(o.in_channels, 16, 3, o.small_input ? 1 : 2, 1,
-                                                  Act::Hardswish, bn));
+  features->push_back(stem(o, 16, Act::Hardswish, bn));
   for (auto& c : cfg) {
     MBConvConfig m;
     m.in = c.in, m.expanded = c.expanded, m.out = c.out, m.kernel = c.kernel, m.stride = c.stride;
@@ -267,7 +282,7 @@ ModulePtr mobilenet_v3_small(const ModelOptions& o) {
     m.bn = bn; // no stochastic depth in MobileNetV3
     features->push_back(std::make_shared<MBConv>(m));
   }
-  features->push_back(std::make_shared<ConvBNAct>(96, 576, 1, 1, 1, Act::Hardswish, bn));
+  features->push_back(pointwise(96, 576, Act::Hardswish, bn));
   auto classifier = std::make_shared<Sequential>();
   classifier->push_back(std::make_shared<Linear>(576, 1024));
   classifier->push_back(std::make_shared<Hardswish>());
@@ -307,8 +322,7 @@ ModulePtr efficientnet_b0(const ModelOptions& o) {
   int64_t total_blocks = 0;
   for (auto& c : cfg) total_blocks += c[5];
   auto features = std::make_shared<Sequential>();
-  features->push_back(std::make_shared<ConvBNAct>(o.in_channels, 32, 3, o.small_input ? 1 : 2, 1,
-                                                  Act::SiLU));
+  features->push_back(stem(o, 32, Act::SiLU));
   int64_t block_id = 0;
   for (auto& [t, k, s, in, out, n] : cfg) {
     auto stage = std::make_shared<Sequential>();
@@ -325,7 +339,7 @@ ModulePtr efficientnet_b0(const ModelOptions& o) {
     }
     features->push_back(stage);
   }
-  features->push_back(std::make_shared<ConvBNAct>(320, 1280, 1, 1, 1, Act::SiLU));
+  features->push_back(pointwise(320, 1280, Act::SiLU));
   auto net = std::make_shared<FeaturesClassifier>("EfficientNetB0");
   net->register_module("features", features);
   net->register_module("avgpool", std::make_shared<AdaptiveAvgPool2d>(1));

@@ -1,8 +1,11 @@
 // nn::Module: named parameters / buffers / children in insertion order, hooks, train/eval,
-// to(device/dtype) by swapping data inside the same TensorImpl, state_dict and its loading.
+// to(device/dtype) by swapping data inside the same TensorImpl, surgery (paths, set_data,
+// clone), state_dict and its loading.
 #include <tb/nn.h>
 
 #include <algorithm>
+#include <typeinfo>
+#include <unordered_map>
 #include <unordered_set>
 
 namespace tb::nn {
@@ -36,6 +39,13 @@ bool HookHandle::active() const {
 
 Module::Module() : hooks_(std::make_shared<detail::HookLists>()) {}
 
+// A shallow copy shares tensors and children (clone() replaces them next) but gets hook lists
+// of its own, so removing a hook from one module never touches the other.
+Module::Module(const Module& o)
+    : training_(o.training_), params_(o.params_), buffers_(o.buffers_), attrs_(o.attrs_),
+      non_persistent_(o.non_persistent_), sized_on_first_use_(o.sized_on_first_use_),
+      children_(o.children_), hooks_(std::make_shared<detail::HookLists>(*o.hooks_)) {}
+
 HookHandle Module::add_pre_hook(ForwardPreHook fn) {
   TB_CHECK(fn, "{}::register_forward_pre_hook: empty function", type_name());
   int id = hooks_->next_id++;
@@ -51,20 +61,30 @@ HookHandle Module::add_hook(ForwardHook fn) {
 }
 
 Tensor Module::forward(const Tensor&) {
-  throw Error(fmt::format("{}: this module has no forward (override Module::forward)",
-                          type_name()));
+  throw Error(fmt::format("{}: this module has no forward for one input (override forward(x), "
+                          "or forward_list(xs) for a module of several inputs)", type_name()));
 }
 
-Tensor Module::operator()(const Tensor& x) {
-  Tensor in = x;
+Tensor Module::forward_list(const std::vector<Tensor>& xs) {
+  TB_CHECK(xs.size() == 1, "{}: takes one input, got {}", type_name(), xs.size());
+  return forward(xs[0]);
+}
+
+Tensor Module::operator()(const Tensor& x) { return (*this)(std::vector<Tensor>{x}); }
+Tensor Module::operator()(const Tensor& a, const Tensor& b) {
+  return (*this)(std::vector<Tensor>{a, b});
+}
+
+Tensor Module::operator()(const std::vector<Tensor>& xs) {
+  std::vector<Tensor> in = xs;
   if (!hooks_->pre.empty()) {
     auto pre = hooks_->pre; // a copy: hooks may remove themselves while running
     for (auto& [id, fn] : pre) {
-      Tensor r = fn(*this, in);
-      if (r.defined()) in = r;
+      std::vector<Tensor> r = fn(*this, in);
+      if (!r.empty()) in = std::move(r);
     }
   }
-  Tensor out = forward(in);
+  Tensor out = forward_list(in);
   if (!hooks_->post.empty()) {
     auto post = hooks_->post;
     for (auto& [id, fn] : post) {
@@ -115,11 +135,12 @@ Tensor Module::register_parameter(const std::string& name, const Tensor& t) {
   return p;
 }
 
-Tensor Module::register_buffer(const std::string& name, const Tensor& t, bool persistent) {
+Tensor Module::register_buffer(const std::string& name, const Tensor& t, BufferOptions o) {
   check_new_name("register_buffer", name);
   TB_CHECK(t.defined(), "{}::register_buffer: '{}' is undefined", type_name(), name);
   buffers_.emplace_back(name, t);
-  if (!persistent) non_persistent_.push_back(name);
+  if (!o.persistent) non_persistent_.push_back(name);
+  if (o.sized_on_first_use) sized_on_first_use_.push_back(name);
   return t;
 }
 
@@ -143,14 +164,14 @@ Tensor Module::remove_buffer(const std::string& name) {
   TB_CHECK(it != buffers_.end(), "{}::remove_buffer: no buffer '{}'", type_name(), name);
   Tensor t = it->second;
   buffers_.erase(it);
-  non_persistent_.erase(std::remove(non_persistent_.begin(), non_persistent_.end(), name),
-                        non_persistent_.end());
+  std::erase(non_persistent_, name);
+  std::erase(sized_on_first_use_, name);
   return t;
 }
 
 void Module::set_tensor(const std::string& name, const Tensor& t) {
   TB_CHECK(find_entry(params_, name) == params_.end(), "{}::set_tensor: '{}' is a parameter; "
-           "remove_parameter() it first or copy_ into it", type_name(), name);
+           "give it new data with set_data, or remove_parameter() it first", type_name(), name);
   if (auto it = find_entry(buffers_, name); it != buffers_.end()) {
     it->second = t;
     return;
@@ -193,24 +214,158 @@ bool Module::has_parameter(const std::string& name) const {
 bool Module::has_buffer(const std::string& name) const {
   return find_entry(buffers_, name) != buffers_.end();
 }
+bool Module::has_child(const std::string& name) const {
+  for (auto& c : children_)
+    if (c.first == name) return true;
+  return false;
+}
+
+namespace {
+std::string child_names(const Module& m) {
+  std::string s;
+  for (auto& [name, c] : m.named_children()) s += (s.empty() ? "" : ", ") + name;
+  return s.empty() ? "none" : s;
+}
+} // namespace
 
 ModulePtr Module::child(const std::string& name) const {
   for (auto& c : children_)
     if (c.first == name) return c.second;
-  throw Error(fmt::format("{}: no child module named '{}'", type_name(), name));
+  throw Error(fmt::format("{}: no child module named '{}' (children: {})", type_name(), name,
+                          child_names(*this)));
 }
 
-Module& Module::get_submodule(const std::string& path) {
-  Module* m = this;
+// ---------------------------------------------------------------------------------------------
+// Surgery
+
+namespace {
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> parts;
+  if (path.empty()) return parts;
   size_t start = 0;
-  while (start < path.size()) {
+  while (true) {
     size_t dot = path.find('.', start);
-    std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    m = m->child(part).get();
+    parts.push_back(path.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
     if (dot == std::string::npos) break;
     start = dot + 1;
   }
+  return parts;
+}
+
+// Walks `parts[0 .. n)` from `root`; errors name the whole path, the part that failed and what
+// exists there.
+Module& walk_path(Module& root, const std::vector<std::string>& parts, size_t n, const char* op,
+                  const std::string& path) {
+  Module* m = &root;
+  std::string at; // the path walked so far
+  for (size_t i = 0; i < n; i++) {
+    TB_CHECK(m->has_child(parts[i]), "{}('{}'): {} ({}) has no child '{}' (children: {})", op,
+             path, at.empty() ? "the root module" : "'" + at + "'", m->type_name(), parts[i],
+             child_names(*m));
+    m = m->child(parts[i]).get();
+    at += (at.empty() ? "" : ".") + parts[i];
+  }
   return *m;
+}
+} // namespace
+
+Module& Module::get_submodule(const std::string& path) {
+  auto parts = split_path(path);
+  return walk_path(*this, parts, parts.size(), "get_submodule", path);
+}
+
+ModulePtr Module::set_submodule(const std::string& path, ModulePtr m) {
+  TB_CHECK(!path.empty(), "set_submodule: empty path (a module cannot replace itself)");
+  TB_CHECK(m != nullptr, "set_submodule('{}'): the new module is null", path);
+  auto parts = split_path(path);
+  walk_path(*this, parts, parts.size(), "set_submodule", path); // the whole path must exist
+  Module& parent = walk_path(*this, parts, parts.size() - 1, "set_submodule", path);
+  ModulePtr old;
+  for (auto& c : parent.children_)
+    if (c.first == parts.back()) {
+      old = c.second;
+      c.second = std::move(m);
+    }
+  return old;
+}
+
+namespace {
+// Puts `data`'s storage, sizes, strides and dtype into t's own TensorImpl, so every handle to t
+// sees the new data (see the design note in nn.h). A live graph may still hold the leaf's
+// AccumulateGrad node, which remembers the old dtype, device and shape: forget it so the next
+// forward makes one for the new data.
+void swap_impl_data(const Tensor& t, const Tensor& data) {
+  TensorImpl& dst = *t.impl();
+  const TensorImpl& src = *data.impl();
+  if (&dst != &src) {
+    dst.storage = src.storage;
+    dst.sizes = src.sizes;
+    dst.strides = src.strides;
+    dst.offset = src.offset;
+    dst.dtype = src.dtype;
+  }
+  if (dst.autograd) dst.autograd->grad_accumulator.reset();
+}
+} // namespace
+
+void Module::set_data(const std::string& path, const Tensor& data) {
+  auto parts = split_path(path);
+  TB_CHECK(!parts.empty(), "set_data: empty path (expected 'module.path.tensor_name')");
+  Module& m = walk_path(*this, parts, parts.size() - 1, "set_data", path);
+  const std::string& name = parts.back();
+  auto p = find_entry(m.params_, name);
+  auto b = find_entry(m.buffers_, name);
+  TB_CHECK(p != m.params_.end() || b != m.buffers_.end(),
+           "set_data('{}'): {} has no parameter or buffer '{}'", path, m.type_name(), name);
+  Tensor t = p != m.params_.end() ? p->second : b->second;
+  TB_CHECK(data.defined(), "set_data('{}'): the new data is undefined", path);
+  TB_CHECK(data.dtype() == t.dtype() && data.device() == t.device(),
+           "set_data('{}'): expected dtype {} on {} (those of the tensor it replaces), got {} on "
+           "{} with shape {}", path, t.dtype(), t.device().str(), data.dtype(),
+           data.device().str(), shape_str(data.shape()));
+  no_grad guard;
+  Tensor copy = data.detach().clone(); // a storage of its own; keeps a dense layout
+  swap_impl_data(t, copy);
+  if (t.impl()->autograd) t.impl()->autograd->grad = Tensor();
+  t.bump_version();
+}
+
+// clone(): a shallow copy of every module, then fresh copies of its tensors and children. The
+// maps keep sharing inside the tree: a tensor (or module) met twice is copied once.
+struct CloneContext {
+  std::unordered_map<const TensorImpl*, Tensor> tensors;
+  std::unordered_map<const Module*, ModulePtr> modules;
+
+  Tensor copy_tensor(const Tensor& t) {
+    if (!t.defined()) return t;
+    auto it = tensors.find(t.impl().get());
+    if (it != tensors.end()) return it->second;
+    Tensor c = t.detach().clone();
+    if (t.requires_grad()) c.requires_grad_(true);
+    tensors.emplace(t.impl().get(), c);
+    return c;
+  }
+
+  ModulePtr copy_module(const Module& m) {
+    auto it = modules.find(&m);
+    if (it != modules.end()) return it->second;
+    ModulePtr c = m.shallow_copy();
+    TB_CHECK(c && typeid(*c) == typeid(m), "clone: module class {} (type_name '{}') has no "
+             "shallow_copy of its own; add TB_MODULE({}) to its declaration",
+             typeid(m).name(), m.type_name(), m.type_name());
+    modules.emplace(&m, c);
+    for (auto& [name, t] : c->params_) t = copy_tensor(t);
+    for (auto& [name, t] : c->buffers_) t = copy_tensor(t);
+    for (auto& [name, t] : c->attrs_) t = copy_tensor(t);
+    for (auto& [name, child] : c->children_) child = copy_module(*child);
+    return c;
+  }
+};
+
+ModulePtr Module::clone() const {
+  no_grad guard;
+  CloneContext ctx;
+  return ctx.copy_module(*this);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -313,26 +468,13 @@ void Module::for_each_tensor(Fn&& fn) {
 }
 
 namespace {
-// Puts `moved`'s data into t's own TensorImpl, so every handle to t sees the new data (see the
-// design note in nn.h). The gradient, if any, is converted with `convert` as well.
+// Converts t's data (and gradient) with `convert`, keeping t's identity.
 template <class Convert>
 void swap_data(Tensor& t, Convert&& convert) {
   if (!t.defined()) return;
-  Tensor moved = convert(t.detach());
   Tensor grad = t.impl()->autograd ? t.impl()->autograd->grad : Tensor();
-  TensorImpl& dst = *t.impl();
-  const TensorImpl& src = *moved.impl();
-  if (&dst != &src) {
-    dst.storage = src.storage;
-    dst.sizes = src.sizes;
-    dst.strides = src.strides;
-    dst.offset = src.offset;
-    dst.dtype = src.dtype;
-  }
-  if (grad.defined()) dst.autograd->grad = convert(grad);
-  // A live graph may still hold the leaf's AccumulateGrad node, which remembers the old dtype and
-  // device: forget it so the next forward makes one for the new data.
-  if (dst.autograd) dst.autograd->grad_accumulator.reset();
+  swap_impl_data(t, convert(t.detach()));
+  if (grad.defined()) t.impl()->autograd->grad = convert(grad);
 }
 } // namespace
 
@@ -364,12 +506,18 @@ void Module::zero_grad(bool set_to_none) {
 // ---------------------------------------------------------------------------------------------
 // state_dict
 
-void Module::collect_state(const std::string& prefix, StateDict& out) const {
+void Module::collect_state(const std::string& prefix, StateDict& out,
+                           std::unordered_map<std::string, Tensor>* sized) const {
+  auto contains = [](const std::vector<std::string>& v, const std::string& n) {
+    return std::find(v.begin(), v.end(), n) != v.end();
+  };
   for (auto& [name, t] : params_) out.insert(prefix + name, t.detach());
-  for (auto& [name, t] : buffers_)
-    if (std::find(non_persistent_.begin(), non_persistent_.end(), name) == non_persistent_.end())
-      out.insert(prefix + name, t.detach());
-  for (auto& [name, c] : children_) c->collect_state(prefix + name + ".", out);
+  for (auto& [name, t] : buffers_) {
+    if (contains(non_persistent_, name)) continue;
+    out.insert(prefix + name, t.detach());
+    if (sized && contains(sized_on_first_use_, name)) sized->emplace(prefix + name, t);
+  }
+  for (auto& [name, c] : children_) c->collect_state(prefix + name + ".", out, sized);
 }
 
 StateDict Module::state_dict() const {
@@ -379,7 +527,9 @@ StateDict Module::state_dict() const {
 }
 
 LoadResult Module::load_state_dict(const StateDict& dict, bool strict) {
-  StateDict own = state_dict(); // detached handles sharing storage with the live tensors
+  StateDict own; // detached handles sharing storage with the live tensors
+  std::unordered_map<std::string, Tensor> sized; // buffers sized on first use, by key
+  collect_state("", own, &sized);
   LoadResult result;
   std::vector<std::string> errors;
   for (auto& [key, dst] : own) {
@@ -392,8 +542,9 @@ LoadResult Module::load_state_dict(const StateDict& dict, bool strict) {
       errors.push_back(fmt::format("'{}': the checkpoint's tensor is undefined", key));
       continue;
     }
-    if (src->shape() != dst.shape())
-      errors.push_back(fmt::format("size mismatch for '{}': checkpoint has shape {}, the model {}",
+    if (src->shape() != dst.shape() && !sized.count(key))
+      errors.push_back(fmt::format("size mismatch for '{}': checkpoint has shape {}, the model {} "
+                                   "(not a buffer sized on first use)",
                                    key, shape_str(src->shape()), shape_str(dst.shape())));
     if (src->dtype() != dst.dtype())
       errors.push_back(fmt::format("dtype mismatch for '{}': checkpoint has {}, the model {}", key,
@@ -422,6 +573,11 @@ LoadResult Module::load_state_dict(const StateDict& dict, bool strict) {
   for (auto& [key, dst] : own)
     if (const Tensor* src = dict.find(key)) {
       Tensor d = dst;
+      if (src->shape() != dst.shape()) { // a buffer sized on first use takes the new shape
+        Tensor live = sized.at(key);
+        swap_impl_data(live, empty(src->shape(), TensorOptions(live.dtype(), live.device())));
+        d = live.detach();
+      }
       d.copy_(*src);
     }
   return result;

@@ -70,7 +70,39 @@ const TensorDict* Optimizer::state(const Tensor& p) const {
   return it == state_.end() ? nullptr : &it->second;
 }
 
-TensorDict& Optimizer::mutable_state(const Tensor& p) { return state_[p.impl().get()]; }
+TensorDict& Optimizer::mutable_state(const Tensor& p) {
+  TensorDict& st = state_[p.impl().get()];
+  // p got data of a new shape (Module::set_data): state of the old shape starts afresh.
+  for (auto& [name, t] : st)
+    if (name != "step" && t.shape() != p.shape()) {
+      st = TensorDict();
+      break;
+    }
+  return st;
+}
+
+void Optimizer::reset_state(const Tensor& p) { state_.erase(p.impl().get()); }
+
+void Optimizer::remap_state(
+    const Tensor& p, const std::function<Tensor(const std::string& name, const Tensor& t)>& fn) {
+  auto it = state_.find(p.impl().get());
+  if (it == state_.end()) return;
+  no_grad guard;
+  TensorDict remapped;
+  for (auto& [name, t] : it->second) {
+    if (name == "step") {
+      remapped.set(name, t);
+      continue;
+    }
+    Tensor r = fn(name, t);
+    TB_CHECK(r.defined() && r.dtype() == t.dtype() && r.device() == t.device(),
+             "{}::remap_state: the new '{}' must be a tensor of dtype {} on {}, got {}", name_,
+             name, t.dtype(), t.device().str(),
+             r.defined() ? fmt::format("{} on {}", r.dtype(), r.device().str()) : "undefined");
+    remapped.set(name, r.detach());
+  }
+  it->second = std::move(remapped);
+}
 
 int64_t Optimizer::increment_step(TensorDict& st) {
   if (!st.contains("step")) st.set("step", zeros({}, TensorOptions(kInt64)));
@@ -196,14 +228,12 @@ void Optimizer::load_state_dict(const TensorDict& dict) {
 // ---------------------------------------------------------------------------------------------
 // SGD
 
-SGD::SGD(std::vector<Tensor> params, double lr, double momentum, double dampening,
-         double weight_decay, bool nesterov)
-    : SGD(single_group(std::move(params)), lr, momentum, dampening, weight_decay, nesterov) {}
+SGD::SGD(std::vector<Tensor> params, const SGDOptions& o)
+    : SGD(single_group(std::move(params)), o) {}
 
-SGD::SGD(std::vector<ParamGroup> groups, double lr, double momentum, double dampening,
-         double weight_decay, bool nesterov)
-    : Optimizer("SGD", std::move(groups), lr, weight_decay), momentum(momentum),
-      dampening(dampening), nesterov(nesterov) {
+SGD::SGD(std::vector<ParamGroup> groups, const SGDOptions& o)
+    : Optimizer("SGD", std::move(groups), o.lr, o.weight_decay), momentum(o.momentum),
+      dampening(o.dampening), nesterov(o.nesterov) {
   TB_CHECK(momentum >= 0, "SGD: invalid momentum {} (must be >= 0)", momentum);
   TB_CHECK(!nesterov || (momentum > 0 && dampening == 0),
            "SGD: Nesterov momentum requires a momentum > 0 and zero dampening, got momentum {} "
@@ -238,18 +268,15 @@ void SGD::step() {
 // ---------------------------------------------------------------------------------------------
 // Adam / AdamW
 
-Adam::Adam(std::vector<Tensor> params, double lr, std::pair<double, double> betas, double eps,
-           double weight_decay, bool amsgrad)
-    : Adam("Adam", false, single_group(std::move(params)), lr, betas, eps, weight_decay, amsgrad) {}
+Adam::Adam(std::vector<Tensor> params, const AdamOptions& o)
+    : Adam("Adam", false, single_group(std::move(params)), o) {}
 
-Adam::Adam(std::vector<ParamGroup> groups, double lr, std::pair<double, double> betas, double eps,
-           double weight_decay, bool amsgrad)
-    : Adam("Adam", false, std::move(groups), lr, betas, eps, weight_decay, amsgrad) {}
+Adam::Adam(std::vector<ParamGroup> groups, const AdamOptions& o)
+    : Adam("Adam", false, std::move(groups), o) {}
 
-Adam::Adam(const char* name, bool decoupled, std::vector<ParamGroup> groups, double lr,
-           std::pair<double, double> betas, double eps, double weight_decay, bool amsgrad)
-    : Optimizer(name, std::move(groups), lr, weight_decay), beta1(betas.first),
-      beta2(betas.second), eps(eps), amsgrad(amsgrad), decoupled_weight_decay_(decoupled) {
+Adam::Adam(const char* name, bool decoupled, std::vector<ParamGroup> groups, const AdamOptions& o)
+    : Optimizer(name, std::move(groups), o.lr, o.weight_decay), beta1(o.betas.first),
+      beta2(o.betas.second), eps(o.eps), amsgrad(o.amsgrad), decoupled_weight_decay_(decoupled) {
   TB_CHECK(0 <= beta1 && beta1 < 1 && 0 <= beta2 && beta2 < 1,
            "{}: betas must be in [0, 1), got ({}, {})", name, beta1, beta2);
   TB_CHECK(eps >= 0, "{}: invalid epsilon {} (must be >= 0)", name, eps);
@@ -290,13 +317,16 @@ void Adam::step() {
   }
 }
 
-AdamW::AdamW(std::vector<Tensor> params, double lr, std::pair<double, double> betas, double eps,
-             double weight_decay, bool amsgrad)
-    : Adam("AdamW", true, single_group(std::move(params)), lr, betas, eps, weight_decay,
-           amsgrad) {}
+// AdamWOptions and AdamOptions hold the same fields (only the weight_decay default differs).
+static AdamOptions adam_options(const AdamWOptions& o) {
+  return {.lr = o.lr, .betas = o.betas, .eps = o.eps, .weight_decay = o.weight_decay,
+          .amsgrad = o.amsgrad};
+}
 
-AdamW::AdamW(std::vector<ParamGroup> groups, double lr, std::pair<double, double> betas,
-             double eps, double weight_decay, bool amsgrad)
-    : Adam("AdamW", true, std::move(groups), lr, betas, eps, weight_decay, amsgrad) {}
+AdamW::AdamW(std::vector<Tensor> params, const AdamWOptions& o)
+    : Adam("AdamW", true, single_group(std::move(params)), adam_options(o)) {}
+
+AdamW::AdamW(std::vector<ParamGroup> groups, const AdamWOptions& o)
+    : Adam("AdamW", true, std::move(groups), adam_options(o)) {}
 
 } // namespace tb::optim
