@@ -5,10 +5,12 @@
 // strides (sn, sc, ss); y, dy and dx share x's strides. The op layer passes dense layouts: NCHW
 // contiguous (ss = 1) or channels-last / [N, C] (sc = 1). Per-channel vectors (weight, bias,
 // running and saved statistics) are contiguous [C] of x's dtype; M = N*S values per channel.
-// Three twins with the same signature:
-//   ref_*  — kernels/ref/batchnorm.cpp: plain loops, the specification;
-//   cpu_*  — kernels/cpu/batchnorm.cpp: OpenMP, vectorised along the contiguous dim;
-//   cuda_* — not written yet (the op layer raises tb::Error for CUDA tensors).
+// Three tables of the same kernels:
+//   BatchNormKernels::ref  — kernels/ref/batchnorm.cpp: plain loops, the specification;
+//   BatchNormKernels::cpu  — kernels/cpu/batchnorm.cpp: OpenMP, vectorised along the contiguous
+//                            dim;
+//   BatchNormKernels::cuda — not written yet: all null (kernels/cuda/stubs.cpp), so the op raises
+//                            tb::Error for CUDA tensors.
 // dtypes: float32, float64 (accumulation in double).
 #pragma once
 
@@ -23,40 +25,30 @@ struct BatchNormLayout {
   int64_t sn = 0, sc = 0, ss = 0;
 };
 
-// Forward. With batch statistics (use_batch_stats):
-//   mean_c = (1/M) sum x,  var_c = (1/M) sum (x - mean_c)^2   (biased, used to normalise)
-//   running_mean = (1 - momentum) running_mean + momentum mean_c
-//   running_var  = (1 - momentum) running_var  + momentum var_c M / (M - 1)   (unbiased)
-//   (running_* may be nullptr: no update; M must be > 1 when they are given)
-// Otherwise mean_c = running_mean, var_c = running_var (both required).
-// Then y = (x - mean_c) inv_std_c w_c + b_c with inv_std_c = 1 / sqrt(var_c + eps); w, b may be
-// nullptr (1 and 0). save_mean / save_invstd [C] receive mean_c and inv_std_c for backward.
-void ref_batch_norm_forward(DType dtype, const BatchNormLayout& l, const void* x, const void* w,
-                            const void* b, bool use_batch_stats, double momentum, double eps,
-                            void* running_mean, void* running_var, void* y, void* save_mean,
-                            void* save_invstd);
-void cpu_batch_norm_forward(DType dtype, const BatchNormLayout& l, const void* x, const void* w,
-                            const void* b, bool use_batch_stats, double momentum, double eps,
-                            void* running_mean, void* running_var, void* y, void* save_mean,
-                            void* save_invstd);
-void cuda_batch_norm_forward(DType dtype, const BatchNormLayout& l, const void* x, const void* w,
-                             const void* b, bool use_batch_stats, double momentum, double eps,
-                             void* running_mean, void* running_var, void* y, void* save_mean,
-                             void* save_invstd);
+struct BatchNormKernels {
+  // Forward. With batch statistics (use_batch_stats):
+  //   mean_c = (1/M) sum x,  var_c = (1/M) sum (x - mean_c)^2   (biased, used to normalise)
+  //   running_mean = (1 - momentum) running_mean + momentum mean_c
+  //   running_var  = (1 - momentum) running_var  + momentum var_c M / (M - 1)   (unbiased)
+  //   (running_* may be nullptr: no update; M must be > 1 when they are given)
+  // Otherwise mean_c = running_mean, var_c = running_var (both required).
+  // Then y = (x - mean_c) inv_std_c w_c + b_c with inv_std_c = 1 / sqrt(var_c + eps); w, b may be
+  // nullptr (1 and 0). save_mean / save_invstd [C] receive mean_c and inv_std_c for backward.
+  void (*forward)(DType dtype, const BatchNormLayout& l, const void* x, const void* w,
+                  const void* b, bool use_batch_stats, double momentum, double eps,
+                  void* running_mean, void* running_var, void* y, void* save_mean,
+                  void* save_invstd);
 
-// Backward, with xhat = (x - mean_c) inv_std_c, sums over the M values of channel c:
-//   db_c = sum dy,  dw_c = sum dy xhat
-//   batch statistics (they depend on x):  dx = w_c inv_std_c (dy - db_c / M - xhat dw_c / M)
-//   fixed statistics (eval):              dx = w_c inv_std_c dy
-// Any of dx, dw, db may be nullptr (not needed); w may be nullptr (1).
-void ref_batch_norm_backward(DType dtype, const BatchNormLayout& l, const void* x, const void* dy,
-                             const void* w, const void* save_mean, const void* save_invstd,
-                             bool use_batch_stats, void* dx, void* dw, void* db);
-void cpu_batch_norm_backward(DType dtype, const BatchNormLayout& l, const void* x, const void* dy,
-                             const void* w, const void* save_mean, const void* save_invstd,
-                             bool use_batch_stats, void* dx, void* dw, void* db);
-void cuda_batch_norm_backward(DType dtype, const BatchNormLayout& l, const void* x, const void* dy,
-                              const void* w, const void* save_mean, const void* save_invstd,
-                              bool use_batch_stats, void* dx, void* dw, void* db);
+  // Backward, with xhat = (x - mean_c) inv_std_c, sums over the M values of channel c:
+  //   db_c = sum dy,  dw_c = sum dy xhat
+  //   batch statistics (they depend on x):  dx = w_c inv_std_c (dy - db_c / M - xhat dw_c / M)
+  //   fixed statistics (eval):              dx = w_c inv_std_c dy
+  // Any of dx, dw, db may be nullptr (not needed); w may be nullptr (1).
+  void (*backward)(DType dtype, const BatchNormLayout& l, const void* x, const void* dy,
+                   const void* w, const void* save_mean, const void* save_invstd,
+                   bool use_batch_stats, void* dx, void* dw, void* db);
+
+  static const BatchNormKernels ref, cpu, cuda;
+};
 
 } // namespace tb::kernels

@@ -6,11 +6,12 @@
 //   OH = (H + 2 pad_h - dil_h (KH - 1) - 1) / stride_h + 1   (same for OW).
 // Activations (x, y and their gradients) are logical N×C×H×W with any strides; in practice the
 // op layer passes NCHW-contiguous or channels-last (NHWC) ones; oneDNN runs NHWC without reorders.
-// Three twins with the same signature:
-//   ref_*  — kernels/ref/conv.cpp: plain loops, the specification (float32, float64);
-//   cpu_*  — kernels/cpu/conv_onednn.cpp: oneDNN for float32, primitives cached per geometry;
-//            oneDNN has no float64, so float64 runs the reference loops;
-//   cuda_* — not written yet (the op layer raises tb::Error for CUDA tensors).
+// Three tables of the same kernels:
+//   Conv2dKernels::ref  — kernels/ref/conv.cpp: plain loops, the specification (float32, float64);
+//   Conv2dKernels::cpu  — kernels/cpu/conv_onednn.cpp: oneDNN for float32, primitives cached per
+//                         geometry; oneDNN has no float64, so float64 runs the reference loops;
+//   Conv2dKernels::cuda — not written yet: all null (kernels/cuda/stubs.cpp), so the op raises
+//                         tb::Error for CUDA tensors.
 #pragma once
 
 #include <cstdint>
@@ -34,29 +35,21 @@ struct Conv2dGeom {
   int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1, groups = 1;
 };
 
-// y = conv(x, w) + b (b may be nullptr).
-void ref_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs, const void* w,
-                        const void* b, void* y, Strides4 ys);
-void cpu_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs, const void* w,
-                        const void* b, void* y, Strides4 ys);
-void cuda_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
-                         const void* w, const void* b, void* y, Strides4 ys);
+struct Conv2dKernels {
+  // y = conv(x, w) + b (b may be nullptr).
+  void (*forward)(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs, const void* w,
+                  const void* b, void* y, Strides4 ys);
 
-// dx = conv_transpose(dy, w): every dx element is written (no accumulation into old values).
-void ref_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, Strides4 dys,
-                              const void* w, void* dx, Strides4 dxs);
-void cpu_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, Strides4 dys,
-                              const void* w, void* dx, Strides4 dxs);
-void cuda_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, Strides4 dys,
-                               const void* w, void* dx, Strides4 dxs);
+  // dx = conv_transpose(dy, w): every dx element is written (no accumulation into old values).
+  void (*backward_data)(DType dtype, const Conv2dGeom& g, const void* dy, Strides4 dys,
+                        const void* w, void* dx, Strides4 dxs);
 
-// dw [O, C/groups, KH, KW] (contiguous) = sum over n, oh, ow of dy * x-window; db [O] = sum of dy
-// over n, oh, ow (db may be nullptr). Both are overwritten.
-void ref_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
-                                 const void* dy, Strides4 dys, void* dw, void* db);
-void cpu_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
-                                 const void* dy, Strides4 dys, void* dw, void* db);
-void cuda_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
-                                  const void* dy, Strides4 dys, void* dw, void* db);
+  // dw [O, C/groups, KH, KW] (contiguous) = sum over n, oh, ow of dy * x-window; db [O] = sum of
+  // dy over n, oh, ow (db may be nullptr). Both are overwritten.
+  void (*backward_weights)(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
+                           const void* dy, Strides4 dys, void* dw, void* db);
+
+  static const Conv2dKernels ref, cpu, cuda;
+};
 
 } // namespace tb::kernels

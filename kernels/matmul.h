@@ -7,10 +7,12 @@
 // max(1, k)). C[b] is m×n with ldc >= max(1, n). A[b] starts at a + b * stride_a (elements; 0
 // broadcasts one matrix to every batch), likewise B and C. When beta == 0, C is not read (it may
 // hold garbage or NaN), as BLAS. k == 0 gives C = beta * C. dtype float32 or float64.
-// Three twins with the same signature:
-//   ref_*  — kernels/ref/matmul.cpp: triple loop with double accumulation, the specification;
-//   cpu_*  — kernels/cpu/matmul.cpp: OpenBLAS (OpenMP build);
-//   cuda_* — kernels/cuda/matmul.cu: cuBLAS (column-major: compute C^T = op(B)^T op(A)^T).
+// Three tables of the same kernels:
+//   MatmulKernels::ref  — kernels/ref/matmul.cpp: triple loop with double accumulation, the
+//                         specification;
+//   MatmulKernels::cpu  — kernels/cpu/matmul.cpp: OpenBLAS (OpenMP build);
+//   MatmulKernels::cuda — kernels/cuda/matmul.cu: cuBLAS (column-major: compute
+//                         C^T = op(B)^T op(A)^T).
 #pragma once
 
 #include <cstdint>
@@ -19,23 +21,18 @@
 
 namespace tb::kernels {
 
-void ref_gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-              double alpha, const void* a, int64_t lda, int64_t stride_a, const void* b,
-              int64_t ldb, int64_t stride_b, double beta, void* c, int64_t ldc, int64_t stride_c,
-              int64_t batch);
-void cpu_gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-              double alpha, const void* a, int64_t lda, int64_t stride_a, const void* b,
-              int64_t ldb, int64_t stride_b, double beta, void* c, int64_t ldc, int64_t stride_c,
-              int64_t batch);
-void cuda_gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+struct MatmulKernels {
+  // The batched GEMM above.
+  void (*gemm)(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                double alpha, const void* a, int64_t lda, int64_t stride_a, const void* b,
-               int64_t ldb, int64_t stride_b, double beta, void* c, int64_t ldc, int64_t stride_c,
-               int64_t batch);
+               int64_t ldb, int64_t stride_b, double beta, void* c, int64_t ldc,
+               int64_t stride_c, int64_t batch);
 
-// out[r, j] = row[j] for a contiguous rows×cols out: linear's bias, written before a gemm with
-// beta = 1 so the bias is added inside the product. dtype float32 or float64.
-void ref_broadcast_rows(DType dtype, const void* row, void* out, int64_t rows, int64_t cols);
-void cpu_broadcast_rows(DType dtype, const void* row, void* out, int64_t rows, int64_t cols);
-void cuda_broadcast_rows(DType dtype, const void* row, void* out, int64_t rows, int64_t cols);
+  // out[r, j] = row[j] for a contiguous rows×cols out: linear's bias, written before a gemm with
+  // beta = 1 so the bias is added inside the product. dtype float32 or float64.
+  void (*broadcast_rows)(DType dtype, const void* row, void* out, int64_t rows, int64_t cols);
+
+  static const MatmulKernels ref, cpu, cuda;
+};
 
 } // namespace tb::kernels

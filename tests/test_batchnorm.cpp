@@ -1,6 +1,7 @@
 // batch_norm: normalised outputs, the running-statistics update (unbiased variance), eval mode,
-// float64 gradient checks in training and eval mode (affine or not), the OpenMP kernel against
-// the reference on NCHW / channels-last / [N, C] / [N, C, L] inputs, and bad input.
+// float64 gradient checks in training and eval mode (affine or not), statistics of data far from
+// zero, and bad input (options included). The OpenMP kernel against the reference on every layout:
+// tests/test_backend_ops.cpp.
 #include "gradcheck.h"
 
 #include <cmath>
@@ -51,7 +52,7 @@ TEST_CASE("training normalises each channel and updates running stats with unbia
     Tensor b = from_vector(std::vector<double>{0.0, 0.5, 1.0}, {3});
     uint64_t v0 = rm.version();
     double momentum = 0.1, eps = 1e-5;
-    Tensor y = batch_norm(x, rm, rv, w, b, true, momentum, eps);
+    Tensor y = batch_norm(x, rm, rv, w, b, {.training = true, .momentum = momentum, .eps = eps});
     CHECK(rm.version() > v0); // in-place update is visible to autograd's version checks
     CHECK(y.is_channels_last() == cl);
     std::vector<double> mean, var, ymean, yvar;
@@ -76,16 +77,17 @@ TEST_CASE("eval uses the running statistics and leaves them alone") {
   Tensor rv = from_vector(std::vector<double>{4.0, 0.25}, {2});
   Tensor w = from_vector(std::vector<double>{2.0, 3.0}, {2});
   Tensor b = from_vector(std::vector<double>{0.5, -0.5}, {2});
-  Tensor y = batch_norm(x, rm, rv, w, b, false, 0.1, 0.0);
+  Tensor y = batch_norm(x, rm, rv, w, b); // the defaults: eval, eps = 1e-5
   auto xv = x.to_vector(), yv = y.to_vector();
+  double s0 = std::sqrt(4.0 + 1e-5), s1 = std::sqrt(0.25 + 1e-5);
   for (int n = 0; n < 3; n++) {
-    CHECK(yv[n * 2 + 0] == doctest::Approx((xv[n * 2 + 0] - 1.0) / 2.0 * 2.0 + 0.5));
-    CHECK(yv[n * 2 + 1] == doctest::Approx((xv[n * 2 + 1] + 1.0) / 0.5 * 3.0 - 0.5));
+    CHECK(yv[n * 2 + 0] == doctest::Approx((xv[n * 2 + 0] - 1.0) / s0 * 2.0 + 0.5));
+    CHECK(yv[n * 2 + 1] == doctest::Approx((xv[n * 2 + 1] + 1.0) / s1 * 3.0 - 0.5));
   }
   CHECK(rm.to_vector() == std::vector<double>{1.0, -1.0});
   CHECK(rv.to_vector() == std::vector<double>{4.0, 0.25});
   // Without running stats, eval normalises with the batch's statistics (PyTorch's rule).
-  Tensor y2 = batch_norm(x, Tensor(), Tensor(), Tensor(), Tensor(), false, 0.1, 1e-5);
+  Tensor y2 = batch_norm(x, Tensor(), Tensor(), Tensor(), Tensor());
   std::vector<double> m2, v2;
   channel_stats(y2, m2, v2);
   CHECK(std::abs(m2[0]) < 1e-9);
@@ -98,7 +100,7 @@ TEST_CASE("gradcheck: training and eval, affine and not, NCHW / channels-last / 
   SUBCASE("training, affine, NCHW") {
     CHECK(gradcheck(
         [&](const std::vector<Tensor>& in) {
-          return batch_norm(in[0], Tensor(), Tensor(), in[1], in[2], true, 0.1, 1e-5);
+          return batch_norm(in[0], Tensor(), Tensor(), in[1], in[2], {.training = true});
         },
         {randn({3, 3, 2, 3}, o), randn({3}, o), randn({3}, o)}));
   }
@@ -106,89 +108,44 @@ TEST_CASE("gradcheck: training and eval, affine and not, NCHW / channels-last / 
     CHECK(gradcheck(
         [&](const std::vector<Tensor>& in) {
           return batch_norm(in[0].contiguous_channels_last(), rm.clone(), rv.clone(), in[1], in[2],
-                            true, 0.1, 1e-5);
+                            {.training = true});
         },
         {randn({2, 3, 3, 2}, o), randn({3}, o), randn({3}, o)}));
   }
   SUBCASE("training, not affine, [N, C]") {
     CHECK(gradcheck(
         [&](const std::vector<Tensor>& in) {
-          return batch_norm(in[0], Tensor(), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5);
+          return batch_norm(in[0], Tensor(), Tensor(), Tensor(), Tensor(), {.training = true});
         },
         {randn({5, 3}, o)}));
   }
   SUBCASE("training, weight only, [N, C, L]") {
     CHECK(gradcheck(
         [&](const std::vector<Tensor>& in) {
-          return batch_norm(in[0], Tensor(), Tensor(), in[1], Tensor(), true, 0.1, 1e-5);
+          return batch_norm(in[0], Tensor(), Tensor(), in[1], Tensor(), {.training = true});
         },
         {randn({2, 3, 4}, o), randn({3}, o)}));
   }
   SUBCASE("eval, affine") {
     CHECK(gradcheck(
         [&](const std::vector<Tensor>& in) {
-          return batch_norm(in[0], rm, rv, in[1], in[2], false, 0.1, 1e-5);
+          return batch_norm(in[0], rm, rv, in[1], in[2]);
         },
         {randn({2, 3, 2, 2}, o), randn({3}, o), randn({3}, o)}));
   }
   SUBCASE("eval, not affine, channels-last") {
     CHECK(gradcheck(
         [&](const std::vector<Tensor>& in) {
-          return batch_norm(in[0].contiguous_channels_last(), rm, rv, Tensor(), Tensor(), false,
-                            0.1, 1e-5);
+          return batch_norm(in[0].contiguous_channels_last(), rm, rv, Tensor(), Tensor());
         },
         {randn({2, 3, 2, 2}, o)}));
   }
 }
 
-TEST_CASE("OpenMP kernel matches the reference (float32, every layout, both modes)") {
-  // Tolerance: float32 outputs of O(1) values whose statistics both kernels sum in double; the
-  // fast kernel applies them as x*scale + shift (one rounding more): 1e-5 of the magnitude.
+TEST_CASE("the fast kernel keeps the statistics of data far from zero") {
+  // (every kernel against the reference on all layouts and modes: tests/test_backend_ops.cpp)
   Generator gen(21);
-  struct Case {
-    Shape shape;
-    bool channels_last, training, affine;
-  };
-  std::vector<Case> cases = {
-      {{4, 6, 5, 7}, false, true, true},  {{4, 6, 5, 7}, true, true, true},
-      {{4, 6, 5, 7}, true, false, true},  {{4, 6, 5, 7}, false, false, false},
-      {{3, 1, 4, 4}, true, true, true},   {{16, 10}, false, true, true},
-      {{16, 10}, false, false, true},     {{5, 4, 9}, false, true, false},
-      {{8, 33, 3, 3}, true, true, false}, {{1, 5, 1, 1}, false, false, true},
-  };
-  for (const Case& c : cases) {
-    CAPTURE(shape_str(c.shape));
-    CAPTURE(c.channels_last);
-    CAPTURE(c.training);
-    CAPTURE(c.affine);
-    int64_t C = c.shape[1];
-    Tensor x = add(randn(c.shape, {kFloat32}, &gen), 0.7);
-    if (c.channels_last) x = x.contiguous_channels_last();
-    Tensor dy = randn(c.shape, {kFloat32}, &gen);
-    Tensor w = randn({C}, {kFloat32}, &gen), b = randn({C}, {kFloat32}, &gen);
-    Tensor rm0 = randn({C}, {kFloat32}, &gen), rv0 = add(rand({C}, {kFloat32}, &gen), 0.5);
-    std::vector<Tensor> results[2];
-    for (int k = 0; k < 2; k++) {
-      set_cpu_kernels(k == 0 ? CpuKernels::Reference : CpuKernels::Fast);
-      Tensor xl = empty_strided(x.shape(), x.strides(), {kFloat32});
-      xl.copy_(x);
-      xl.requires_grad_(true);
-      Tensor wl = w.clone().requires_grad_(true), bl = b.clone().requires_grad_(true);
-      Tensor rm = rm0.clone(), rv = rv0.clone();
-      Tensor y = batch_norm(xl, rm, rv, c.affine ? wl : Tensor(), c.affine ? bl : Tensor(),
-                            c.training, 0.1, 1e-5);
-      y.backward(dy);
-      results[k] = {y, rm, rv, xl.grad()};
-      if (c.affine) results[k].insert(results[k].end(), {wl.grad(), bl.grad()});
-      CHECK((c.channels_last ? xl.grad().is_channels_last() : xl.grad().is_contiguous()));
-    }
-    set_cpu_kernels(CpuKernels::Fast);
-    for (size_t i = 0; i < results[0].size(); i++) {
-      CAPTURE(i);
-      CHECK(max_abs_diff(results[1][i], results[0][i]) <= 1e-5 * (1 + max_abs(results[0][i])));
-    }
-  }
-  // Statistics of data far from zero (mean 1000, std 0.01): the fast kernel's one-sweep variance
+  // Data far from zero (mean 1000, std 0.01): the fast kernel's one-sweep variance
   // (shifted by the first row) must not lose it to cancellation.
   Tensor x = add(mul(randn({64, 8, 6, 6}, {kFloat64}, &gen), 0.01), 1000.0).to(kFloat32);
   x = x.contiguous_channels_last();
@@ -196,7 +153,7 @@ TEST_CASE("OpenMP kernel matches the reference (float32, every layout, both mode
   for (int k = 0; k < 2; k++) {
     set_cpu_kernels(k == 0 ? CpuKernels::Reference : CpuKernels::Fast);
     Tensor rm = zeros({8}), v = zeros({8});
-    batch_norm(x, rm, v, Tensor(), Tensor(), true, 1.0, 1e-5); // momentum 1: v = the batch var
+    batch_norm(x, rm, v, Tensor(), Tensor(), {.training = true, .momentum = 1.0}); // v = batch var
     rv[k] = v;
   }
   set_cpu_kernels(CpuKernels::Fast);
@@ -207,7 +164,7 @@ TEST_CASE("OpenMP kernel matches the reference (float32, every layout, both mode
 TEST_CASE("batch_norm refuses bad input") {
   Tensor x = randn({4, 3, 2, 2}), none;
   auto bn = [&](const Tensor& in, const Tensor& rm, const Tensor& rv, const Tensor& w,
-                bool training) { return batch_norm(in, rm, rv, w, none, training, 0.1, 1e-5); };
+                bool training) { return batch_norm(in, rm, rv, w, none, {.training = training}); };
   check_error([&] { bn(randn({4}), none, none, none, true); },
               {"batch_norm", "[N, C, ...]", "[4]"});
   check_error([&] { bn(x, none, none, randn({4}), true); },
@@ -218,6 +175,17 @@ TEST_CASE("batch_norm refuses bad input") {
   check_error([&] { bn(x, none, none, randn({3}, kFloat64), true); },
               {"batch_norm", "float32", "float64"});
   check_error([&] { bn(ones({4, 3}, kInt64), none, none, none, true); }, {"batch_norm", "int64"});
+  // The options are checked by name: momentum in [0, 1], eps > 0.
+  check_error([&] { batch_norm(x, none, none, none, none, {.training = true, .momentum = 1.5}); },
+              {"batch_norm", "momentum", "[0, 1]", "1.5"});
+  check_error([&] { batch_norm(x, none, none, none, none, {.momentum = -0.1}); },
+              {"batch_norm", "momentum", "-0.1"});
+  check_error([&] { batch_norm(x, none, none, none, none, {.momentum = NAN}); },
+              {"batch_norm", "momentum", "nan"});
+  check_error([&] { batch_norm(x, none, none, none, none, {.eps = 0.0}); },
+              {"batch_norm", "eps > 0", "got 0"});
+  check_error([&] { batch_norm(x, none, none, none, none, {.eps = -1e-5}); },
+              {"batch_norm", "eps", "-1e-05"});
   // One value per channel is fine in eval mode.
   CHECK(bn(randn({1, 3}), zeros({3}), ones({3}), none, false).shape() == Shape{1, 3});
 }

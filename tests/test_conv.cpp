@@ -1,6 +1,6 @@
-// conv2d: hand-computed values, float64 gradient checks (the reference loops), the oneDNN kernel
-// against the reference on random geometries and layouts (forward + backward), the primitive
-// cache, and bad input.
+// conv2d: hand-computed values, float64 gradient checks (the reference loops), layouts, the
+// primitive cache, and bad input. The oneDNN kernel against the reference on many geometries and
+// both layouts: tests/test_backend_ops.cpp.
 #include "gradcheck.h"
 
 #include "kernels/cpu/onednn_common.h"
@@ -19,30 +19,6 @@ Conv2dParams params(int64_t stride, int64_t pad, int64_t dilation, int64_t group
   p.dilation_h = p.dilation_w = dilation;
   p.groups = groups;
   return p;
-}
-
-double max_abs(const Tensor& t) {
-  double m = 0;
-  for (double v : t.to_vector()) m = std::max(m, std::abs(v));
-  return m;
-}
-
-// Runs conv2d forward + backward (with the given output gradient) on fresh leaf copies under the
-// given kernel set; returns {y, dx, dw, db}.
-std::vector<Tensor> conv_run(CpuKernels k, const Tensor& x, const Tensor& w, const Tensor& b,
-                             const Conv2dParams& p, const Tensor& dy) {
-  CpuKernels prev = cpu_kernels();
-  set_cpu_kernels(k);
-  // Keep x's layout (clone() may not): copy into a tensor with x's strides.
-  Tensor xl = empty_strided(x.shape(), x.strides(), {x.dtype()});
-  xl.copy_(x);
-  xl.requires_grad_(true);
-  Tensor wl = w.detach().clone().requires_grad_(true);
-  Tensor bl = b.defined() ? b.detach().clone().requires_grad_(true) : Tensor();
-  Tensor y = conv2d(xl, wl, bl, p);
-  y.backward(dy);
-  set_cpu_kernels(prev);
-  return {y, xl.grad(), wl.grad(), bl.defined() ? bl.grad() : Tensor()};
 }
 
 } // namespace
@@ -118,55 +94,17 @@ TEST_CASE("gradcheck: plain, strided+padded+dilated+grouped, depthwise, channels
   }
 }
 
-TEST_CASE("oneDNN kernel matches the reference (forward, dx, dw, db; float32)") {
-  // Tolerance: float32 sums of K = C/groups * KH * KW products (and of N*OH*OW for dw/db) in a
-  // different order than the reference's double accumulation: relative error ~ 1e-6 * sqrt(K);
-  // 1e-4 of the result's magnitude leaves a wide margin and still catches any wrong index.
-  struct Case {
-    Shape x;
-    int64_t O, KH, KW, stride, pad, dilation, groups;
-    bool bias;
-  };
-  std::vector<Case> cases = {
-      {{2, 4, 9, 8}, 6, 3, 3, 1, 1, 1, 1, true},     // plain 3x3 same-padding
-      {{3, 8, 11, 10}, 16, 3, 3, 2, 1, 1, 1, false}, // stride 2
-      {{2, 6, 12, 12}, 4, 3, 3, 1, 2, 2, 1, true},   // dilation 2
-      {{2, 8, 9, 9}, 8, 3, 3, 1, 1, 1, 8, true},     // depthwise
-      {{2, 8, 10, 9}, 16, 3, 3, 2, 1, 1, 8, false},  // depthwise, multiplier 2, stride 2
-      {{2, 6, 7, 7}, 9, 3, 1, 1, 0, 1, 3, true},     // grouped, rectangular kernel
-      {{4, 1, 28, 28}, 8, 5, 5, 1, 2, 1, 1, true},   // 1-channel stem (Fashion-MNIST)
-      {{2, 16, 7, 7}, 32, 1, 1, 1, 0, 1, 1, false},  // pointwise
-      {{1, 3, 13, 11}, 5, 4, 2, 3, 1, 1, 1, true},   // odd sizes, kernel > stride
-      {{4, 1, 28, 28}, 32, 3, 3, 1, 1, 1, 1, true},  // the Fashion-MNIST first layer
-      {{3, 2, 12, 12}, 4, 3, 3, 1, 2, 2, 1, true},   // 2 channels, dilation 2
-      {{2, 3, 17, 17}, 8, 3, 3, 2, 0, 1, 1, false},  // RGB stem, stride 2, no padding
-  };
-  Generator gen(7);
-  for (const Case& c : cases) {
-    for (bool channels_last : {true, false}) {
-      CAPTURE(shape_str(c.x));
-      CAPTURE(c.groups);
-      CAPTURE(channels_last);
-      Conv2dParams p = params(c.stride, c.pad, c.dilation, c.groups);
-      Tensor x = randn(c.x, {kFloat32}, &gen);
-      if (channels_last) x = x.contiguous_channels_last();
-      Tensor w = randn({c.O, c.x[1] / c.groups, c.KH, c.KW}, {kFloat32}, &gen);
-      Tensor b = c.bias ? randn({c.O}, {kFloat32}, &gen) : Tensor();
-      Shape y_shape = conv2d(x, w, b, p).shape();
-      // The output gradient in the other layout than x, to exercise the kernels' reorders.
-      Tensor dy = randn(y_shape, {kFloat32}, &gen);
-      if (!channels_last) dy = dy.contiguous_channels_last();
-      auto ref = conv_run(CpuKernels::Reference, x, w, b, p, dy);
-      auto fast = conv_run(CpuKernels::Fast, x, w, b, p, dy);
-      for (size_t i = 0; i < ref.size(); i++) {
-        if (!ref[i].defined()) continue;
-        CAPTURE(i);
-        REQUIRE(fast[i].defined());
-        CHECK(max_abs_diff(fast[i], ref[i]) <= 1e-4 * (1 + max_abs(ref[i])));
-      }
-      // dx keeps x's layout
-      CHECK((channels_last ? fast[1].is_channels_last() : fast[1].is_contiguous()));
-    }
+TEST_CASE("dx takes x's layout (NCHW or channels-last), whatever dy's") {
+  // (the values of every kernel against the reference: tests/test_backend_ops.cpp)
+  Tensor w = randn({4, 3, 3, 3});
+  for (bool channels_last : {false, true}) {
+    CAPTURE(channels_last);
+    Tensor x = randn({2, 3, 6, 6});
+    if (channels_last) x = x.contiguous_channels_last();
+    x.requires_grad_(true);
+    Tensor y = conv2d(x, w, Tensor(), params(1, 1, 1, 1));
+    y.backward(channels_last ? ones(y.shape()) : ones(y.shape()).contiguous_channels_last());
+    CHECK((channels_last ? x.grad().is_channels_last() : x.grad().is_contiguous()));
   }
 }
 

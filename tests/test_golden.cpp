@@ -165,9 +165,9 @@ TEST_CASE("batch_norm matches PyTorch (train with running-stat update, eval; 2-D
     bool training = c.i("training") != 0;
     Leaves l = run_case(c, {"x", "running_mean", "running_var", "weight", "bias"},
                         {"x", "weight", "bias"}, [training](const Case& c, Leaves& l) {
-                          return tb::batch_norm(l["x"], l["running_mean"], l["running_var"],
-                                                l["weight"], l["bias"], training, c.f("momentum"),
-                                                c.f("eps"));
+                          return tb::batch_norm(
+                              l["x"], l["running_mean"], l["running_var"], l["weight"], l["bias"],
+                              {.training = training, .momentum = c.f("momentum"), .eps = c.f("eps")});
                         });
     // Training updates the running statistics in place (unbiased batch variance); eval leaves them.
     expect_close(l["running_mean"], c.at(training ? "running_mean_after" : "running_mean"),

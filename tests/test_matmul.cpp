@@ -12,7 +12,6 @@ using tbtest::check_error;
 using tbtest::gradcheck;
 using tbtest::max_abs_diff;
 using tbtest::r64;
-using tbtest::with_kernels;
 
 namespace {
 
@@ -159,10 +158,12 @@ TEST_CASE("OpenBLAS gemm matches the reference: transposes, odd sizes, strides, 
             Tensor C0 = randn({c.batch * std::max<int64_t>(1, sc)}, {dt}, &g);
             if (beta == 0.0) C0.fill_(std::numeric_limits<double>::quiet_NaN());  // never read
             Tensor Cr = C0.clone(), Cf = C0.clone();
-            kernels::ref_gemm(dt, ta, tb, c.m, c.n, c.k, 1.5, A.raw_data(), lda, sa, B.raw_data(),
-                              ldb, sb, beta, Cr.raw_data(), ldc, sc, c.batch);
-            kernels::cpu_gemm(dt, ta, tb, c.m, c.n, c.k, 1.5, A.raw_data(), lda, sa, B.raw_data(),
-                              ldb, sb, beta, Cf.raw_data(), ldc, sc, c.batch);
+            kernels::MatmulKernels::ref.gemm(dt, ta, tb, c.m, c.n, c.k, 1.5, A.raw_data(), lda, sa,
+                                             B.raw_data(), ldb, sb, beta, Cr.raw_data(), ldc, sc,
+                                             c.batch);
+            kernels::MatmulKernels::cpu.gemm(dt, ta, tb, c.m, c.n, c.k, 1.5, A.raw_data(), lda, sa,
+                                             B.raw_data(), ldb, sb, beta, Cf.raw_data(), ldc, sc,
+                                             c.batch);
             // compare only the m×n blocks (the padding is untouched by both, NaN when beta == 0)
             auto r = Cr.to_vector(), f = Cf.to_vector();
             double worst = 0;
@@ -176,34 +177,6 @@ TEST_CASE("OpenBLAS gemm matches the reference: transposes, odd sizes, strides, 
             // float32: cblas accumulates in float, the reference in double
             CHECK(worst < (dt == kFloat32 ? 1e-4 * std::sqrt((double)c.k + 1) * 4 : 1e-11));
           }
-}
-
-TEST_CASE("broadcast_rows kernels agree") {
-  Tensor row = r64({7}, 80);
-  Tensor a = empty({5, 7}, {kFloat64}), b = empty({5, 7}, {kFloat64});
-  kernels::ref_broadcast_rows(kFloat64, row.raw_data(), a.raw_data(), 5, 7);
-  kernels::cpu_broadcast_rows(kFloat64, row.raw_data(), b.raw_data(), 5, 7);
-  CHECK(max_abs_diff(a, b) == 0);
-  CHECK(a[3].to_vector() == row.to_vector());
-}
-
-TEST_CASE("matmul/linear forward and backward: fast == reference through the ops") {
-  Tensor x0 = r64({3, 5, 8}, 90).to(kFloat32), w0 = r64({6, 8}, 91).to(kFloat32);
-  Tensor b0 = r64({6}, 92).to(kFloat32), m0 = r64({3, 6, 4}, 93).to(kFloat32);
-  auto run = [&] {
-    Tensor x = x0.clone(), w = w0.clone(), b = b0.clone(), m = m0.clone();
-    for (Tensor* t : {&x, &w, &b, &m}) t->requires_grad_(true);
-    Tensor l = sum(square(matmul(linear(x, w, b), m)));
-    l.backward();
-    return std::vector<Tensor>{l.detach(), x.grad(), w.grad(), b.grad(), m.grad()};
-  };
-  auto ref = with_kernels(CpuKernels::Reference, run);
-  auto fast = with_kernels(CpuKernels::Fast, run);
-  for (size_t i = 0; i < ref.size(); i++) {
-    CAPTURE(i);
-    double scale = 1.0 + max_abs_diff(ref[i], zeros_like(ref[i]));
-    CHECK(max_abs_diff(ref[i], fast[i]) < 1e-5 * scale);
-  }
 }
 
 } // TEST_SUITE

@@ -1,6 +1,6 @@
 // Pooling: PyTorch's values and output sizes (padding, ceil_mode, count_include_pad, adaptive
-// bins), float64 gradient checks, the OpenMP kernels against the reference on both layouts, and
-// bad input.
+// bins, the default stride), float64 gradient checks, layouts, and bad input. The OpenMP kernels
+// against the reference: tests/test_backend_ops.cpp.
 #include "gradcheck.h"
 
 #include <cmath>
@@ -30,20 +30,6 @@ Tensor iota(const Shape& s, DType t = kFloat64) {
 }
 
 using PoolFn = std::function<Tensor(const Tensor&)>;
-
-// Forward + backward (given dy) on a fresh leaf with x's layout, under the given kernels.
-std::pair<Tensor, Tensor> pool_run(CpuKernels k, const PoolFn& f, const Tensor& x,
-                                   const Tensor& dy) {
-  CpuKernels prev = cpu_kernels();
-  set_cpu_kernels(k);
-  Tensor xl = empty_strided(x.shape(), x.strides(), {x.dtype()});
-  xl.copy_(x);
-  xl.requires_grad_(true);
-  Tensor y = f(xl);
-  y.backward(dy);
-  set_cpu_kernels(prev);
-  return {y, xl.grad()};
-}
 
 } // namespace
 
@@ -145,37 +131,38 @@ TEST_CASE("gradcheck: max, avg, adaptive with padding and ceil_mode") {
   }
 }
 
-TEST_CASE("OpenMP kernels match the reference on both layouts (float32)") {
-  // Max pooling is exact (no arithmetic); averages differ only in float rounding (< 1e-6).
+TEST_CASE("the output and dx keep the input's memory order") {
+  // (the values of every kernel against the reference: tests/test_backend_ops.cpp)
   std::vector<std::pair<const char*, PoolFn>> fns = {
-      {"max k2 s2", [](const Tensor& x) { return max_pool2d(x, pool(2, 2)); }},
-      {"max k3 s2 p1 ceil", [](const Tensor& x) { return max_pool2d(x, pool(3, 2, 1, true)); }},
-      {"avg k3 s1 p1", [](const Tensor& x) { return avg_pool2d(x, pool(3, 1, 1)); }},
-      {"avg k2 s2 ceil excl",
-       [](const Tensor& x) { return avg_pool2d(x, pool(2, 2, 0, true, false)); }},
-      {"adaptive 3x3", [](const Tensor& x) { return adaptive_avg_pool2d(x, 3, 3); }},
-      {"adaptive 1x1", [](const Tensor& x) { return adaptive_avg_pool2d(x, 1, 1); }},
+      {"max", [](const Tensor& x) { return max_pool2d(x, pool(3, 2, 1, true)); }},
+      {"avg", [](const Tensor& x) { return avg_pool2d(x, pool(2, 2, 0, true, false)); }},
+      {"adaptive", [](const Tensor& x) { return adaptive_avg_pool2d(x, 3, 3); }},
   };
-  Generator gen(11);
-  for (Shape s : {Shape{2, 5, 9, 7}, Shape{3, 16, 8, 8}, Shape{1, 1, 5, 6}}) {
-    for (auto& [name, f] : fns) {
-      for (bool cl : {false, true}) {
-        CAPTURE(name);
-        CAPTURE(shape_str(s));
-        CAPTURE(cl);
-        Tensor x = randn(s, {kFloat32}, &gen);
-        if (cl) x = x.contiguous_channels_last();
-        Tensor dy = randn(f(x).shape(), {kFloat32}, &gen);
-        auto [y_ref, dx_ref] = pool_run(CpuKernels::Reference, f, x, dy);
-        auto [y_fast, dx_fast] = pool_run(CpuKernels::Fast, f, x, dy);
-        CHECK(max_abs_diff(y_fast, y_ref) <= 1e-6);
-        CHECK(max_abs_diff(dx_fast, dx_ref) <= 1e-5);
-        // output and dx keep the input's memory order
-        CHECK((cl ? y_fast.is_channels_last() : y_fast.is_contiguous()));
-        CHECK((cl ? dx_fast.is_channels_last() : dx_fast.is_contiguous()));
-      }
+  for (auto& [name, f] : fns) {
+    for (bool cl : {false, true}) {
+      CAPTURE(name);
+      CAPTURE(cl);
+      Tensor x = randn({2, 5, 9, 7});
+      if (cl) x = x.contiguous_channels_last();
+      x.requires_grad_(true);
+      Tensor y = f(x);
+      y.backward(ones(y.shape()));
+      CHECK((cl ? y.is_channels_last() : y.is_contiguous()));
+      CHECK((cl ? x.grad().is_channels_last() : x.grad().is_contiguous()));
     }
   }
+}
+
+TEST_CASE("Pool2dParams: the stride defaults to the kernel size, rectangular kernels too") {
+  Pool2dParams p;
+  p.kernel_h = 3, p.kernel_w = 2; // stride left at 0: (3, 2), as PyTorch's stride=None
+  Tensor x = iota({1, 1, 6, 6});
+  Tensor y = max_pool2d(x, p);
+  CHECK(y.shape() == Shape{1, 1, 2, 3});
+  CHECK(y.to_vector() == std::vector<double>{13, 15, 17, 31, 33, 35});
+  CHECK(avg_pool2d(x, Pool2dParams{.kernel_h = 2, .kernel_w = 2}).shape() == Shape{1, 1, 3, 3});
+  p.stride_h = 1; // an explicit stride wins; the other one still follows the kernel
+  CHECK(max_pool2d(x, p).shape() == Shape{1, 1, 4, 3});
 }
 
 TEST_CASE("pooling refuses bad input") {
@@ -185,7 +172,12 @@ TEST_CASE("pooling refuses bad input") {
               {"avg_pool2d", "padding", "half"});
   check_error([] { max_pool2d(randn({1, 1, 2, 2}), pool(3, 1)); },
               {"max_pool2d", "[1, 1, 2, 2]", "too small"});
-  check_error([] { max_pool2d(randn({1, 1, 4, 4}), pool(2, 0)); }, {"max_pool2d", "stride"});
+  check_error([] { max_pool2d(randn({1, 1, 4, 4}), pool(2, -1)); },
+              {"max_pool2d", "stride", "(-1, -1)"});
+  check_error([] { max_pool2d(randn({1, 1, 4, 4}), Pool2dParams{}); },
+              {"max_pool2d", "kernel size", "kernel_h/kernel_w must be set", "(0, 0)", "[1, 1, 4, 4]"});
+  check_error([] { avg_pool2d(randn({1, 1, 4, 4}), Pool2dParams{.kernel_h = 2}); },
+              {"avg_pool2d", "kernel (2, 0)"});
   check_error([] { adaptive_avg_pool2d(randn({1, 1, 4, 4}), 0, 2); },
               {"adaptive_avg_pool2d", "output size"});
   check_error([] { avg_pool2d(ones({1, 1, 4, 4}, kInt64), pool(2, 2)); }, {"avg_pool2d", "int64"});

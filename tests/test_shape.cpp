@@ -1,5 +1,6 @@
 // Shape ops: cat, stack, split, chunk, index_select, gather, pad, flatten — values, gradients
-// (float64 finite differences), layouts, fast vs reference kernels, and errors.
+// (float64 finite differences), layouts, and errors. Every backend against the reference kernels:
+// tests/test_backend_ops.cpp.
 #include "gradcheck.h"
 
 using namespace tb;
@@ -8,11 +9,6 @@ using tbtest::gradcheck;
 using tbtest::max_abs_diff;
 
 namespace {
-
-struct KernelGuard {
-  CpuKernels prev = cpu_kernels();
-  ~KernelGuard() { set_cpu_kernels(prev); }
-};
 
 Tensor seq(const Shape& s, DType dt = kFloat64) {
   return arange(0.0, (double)numel_of(s), 1.0, dt).reshape(s);
@@ -157,24 +153,6 @@ TEST_CASE("gradcheck: index_select (repeated indices accumulate)") {
   Tensor x = zeros({3}, kFloat64).requires_grad_(true);
   sum(index_select(x, 0, idx({0, 2, 2, 2}))).backward();
   CHECK(x.grad().to_vector() == std::vector<double>{1, 0, 3});
-}
-
-TEST_CASE("index_select and gather: fast and reference paths agree, forward and backward") {
-  KernelGuard guard;
-  Tensor x0 = rnd({5, 300, 7}, 13);
-  Tensor gi = randint(0, 300, {5, 40, 7}, kInt64);
-  std::vector<int64_t> iv;
-  for (int64_t i = 0; i < 500; i++) iv.push_back((i * 37) % 300);
-  Tensor out[2], g[2];
-  for (int mode = 0; mode < 2; mode++) {
-    set_cpu_kernels(mode == 0 ? CpuKernels::Reference : CpuKernels::Fast);
-    Tensor x = x0.detach().requires_grad_(true);
-    out[mode] = add(sum(index_select(x, 1, idx(iv)), {1}), sum(gather(x, 1, gi), {1}));
-    sum(mul(out[mode], out[mode])).backward();
-    g[mode] = x.grad();
-  }
-  CHECK(max_abs_diff(out[0], out[1]) < 1e-9);
-  CHECK(max_abs_diff(g[0], g[1]) < 1e-8);
 }
 
 TEST_CASE("index_select errors: out-of-range indices never read out of bounds") {

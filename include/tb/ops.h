@@ -105,9 +105,12 @@ struct Conv2dParams {
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p);
 
 // ---- Pooling — src/ops/pool.cpp ---------------------------------------------------------------
+// As F.max_pool2d / F.avg_pool2d: the kernel must be set; a stride left at 0 takes the kernel
+// size (PyTorch's stride=None), e.g. Pool2dParams{.kernel_h = 3, .kernel_w = 3} pools 3x3
+// windows with stride 3. Padding is at most half the kernel.
 struct Pool2dParams {
-  int64_t kernel_h = 2, kernel_w = 2;
-  int64_t stride_h = 2, stride_w = 2;
+  int64_t kernel_h = 0, kernel_w = 0; // required (>= 1)
+  int64_t stride_h = 0, stride_w = 0; // 0: = kernel_h, kernel_w
   int64_t pad_h = 0, pad_w = 0;
   bool ceil_mode = false;
   bool count_include_pad = true; // avg_pool2d only
@@ -117,12 +120,17 @@ Tensor avg_pool2d(const Tensor& x, const Pool2dParams& p);
 Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w);
 
 // ---- Normalisation — src/ops/batchnorm.cpp ----------------------------------------------------
+// F.batch_norm's options and defaults, by name: batch_norm(x, rm, rv, w, b, {.training = true}).
+struct BatchNormOptions {
+  bool training = false;  // batch statistics (and a running-stat update) instead of running stats
+  double momentum = 0.1;  // in [0, 1]: running = (1 - momentum) running + momentum batch
+  double eps = 1e-5;      // > 0, added to the variance
+};
 // x [N, C, ...]. training: normalise with batch statistics and update running_mean/var in place
-// (running = (1 - momentum) running + momentum batch, with the unbiased batch variance).
-// eval: use running statistics. weight/bias [C] may be undefined (affine = false).
+// (with the unbiased batch variance). eval: use the running statistics (the batch's when they are
+// undefined). weight/bias [C] may be undefined (affine = false).
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
-                  const Tensor& weight, const Tensor& bias, bool training, double momentum,
-                  double eps);
+                  const Tensor& weight, const Tensor& bias, const BatchNormOptions& o = {});
 
 // ---- Softmax and losses — src/ops/softmax.cpp, src/ops/loss.cpp -----------------------------
 Tensor softmax(const Tensor& x, int64_t dim);

@@ -218,8 +218,6 @@ void backward(const BatchNormLayout& l, const T* x, const T* dy, const T* w, con
   if (dx) affine_pass<T>(l, dy, A.data(), x, B.data(), K.data(), dx);
 }
 
-} // namespace
-
 void cpu_batch_norm_forward(DType dtype, const BatchNormLayout& l, const void* x, const void* w,
                             const void* b, bool use_batch_stats, double momentum, double eps,
                             void* running_mean, void* running_var, void* y, void* save_mean,
@@ -256,5 +254,12 @@ void cpu_batch_norm_backward(DType dtype, const BatchNormLayout& l, const void* 
     default: TB_CHECK(false, "cpu_batch_norm_backward: no kernel for dtype {}", dtype);
   }
 }
+
+} // namespace
+
+const BatchNormKernels BatchNormKernels::cpu = {
+    .forward = cpu_batch_norm_forward,
+    .backward = cpu_batch_norm_backward,
+};
 
 } // namespace tb::kernels

@@ -95,11 +95,9 @@ struct BackwardWeightsEntry {
 
 void* mut(const void* p) { return const_cast<void*>(p); } // oneDNN memories take void*
 
-} // namespace
-
 void cpu_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs, const void* w,
                         const void* b, void* y, Strides4 ys) {
-  if (dtype == kFloat64) return ref_conv2d_forward(dtype, g, x, xs, w, b, y, ys);
+  if (dtype == kFloat64) return Conv2dKernels::ref.forward(dtype, g, x, xs, w, b, y, ys);
   TB_CHECK(dtype == kFloat32, "cpu_conv2d_forward: no kernel for dtype {}", dtype);
   static on::Cache<ForwardEntry> cache;
   const ForwardEntry& e = cache.get(make_key(kForward, g, xs, ys, b != nullptr), [&] {
@@ -123,7 +121,7 @@ void cpu_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides
 
 void cpu_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, Strides4 dys,
                               const void* w, void* dx, Strides4 dxs) {
-  if (dtype == kFloat64) return ref_conv2d_backward_data(dtype, g, dy, dys, w, dx, dxs);
+  if (dtype == kFloat64) return Conv2dKernels::ref.backward_data(dtype, g, dy, dys, w, dx, dxs);
   TB_CHECK(dtype == kFloat32, "cpu_conv2d_backward_data: no kernel for dtype {}", dtype);
   static on::Cache<BackwardDataEntry> cache;
   const BackwardDataEntry& e = cache.get(make_key(kBackwardData, g, dxs, dys, false), [&] {
@@ -152,7 +150,8 @@ void cpu_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, 
 
 void cpu_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs,
                                  const void* dy, Strides4 dys, void* dw, void* db) {
-  if (dtype == kFloat64) return ref_conv2d_backward_weights(dtype, g, x, xs, dy, dys, dw, db);
+  if (dtype == kFloat64)
+    return Conv2dKernels::ref.backward_weights(dtype, g, x, xs, dy, dys, dw, db);
   TB_CHECK(dtype == kFloat32, "cpu_conv2d_backward_weights: no kernel for dtype {}", dtype);
   static on::Cache<BackwardWeightsEntry> cache;
   // db = the sum of dy over n, h, w. oneDNN 2.6 computes it in plain (SSE) C++ loops, measured as
@@ -184,7 +183,15 @@ void cpu_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x
   if (with_bias) args[DNNL_ARG_DIFF_BIAS] = memory(e.diff_bias, on::engine(), db);
   on::execute(e.prim, e.scratchpad, std::move(args));
   e.diff_weights.commit(dw_mem, dw);
-  if (own_db) cpu_reduce_sum(kFloat32, dy, db, 1, g.N * g.OH * g.OW, g.O, 1.0);
+  if (own_db) ReduceKernels::cpu.sum(kFloat32, dy, db, 1, g.N * g.OH * g.OW, g.O, 1.0);
 }
+
+} // namespace
+
+const Conv2dKernels Conv2dKernels::cpu = {
+    .forward = cpu_conv2d_forward,
+    .backward_data = cpu_conv2d_backward_data,
+    .backward_weights = cpu_conv2d_backward_weights,
+};
 
 } // namespace tb::kernels

@@ -42,8 +42,8 @@ static void copy_row(const T* s, int64_t ss, T* d, int64_t ds, int64_t n) {
   for (int64_t i = 0; i < n; i++) d[i * ds] = s[i * ss];
 }
 
-void cpu_copy_strided(DType src_dtype, const void* src, const StridedLayout& src_layout,
-                      DType dst_dtype, void* dst, const StridedLayout& dst_layout) {
+static void cpu_copy_strided(DType src_dtype, const void* src, const StridedLayout& src_layout,
+                             DType dst_dtype, void* dst, const StridedLayout& dst_layout) {
   StridedLayout sl = src_layout, dl = dst_layout;
   for (int d = 0; d < sl.ndim; d++)
     if (sl.sizes[d] == 0) return;
@@ -90,5 +90,7 @@ void cpu_copy_strided(DType src_dtype, const void* src, const StridedLayout& src
     }
   }
 }
+
+const CopyKernels CopyKernels::cpu = {.strided = cpu_copy_strided};
 
 } // namespace tb::kernels

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 namespace tb::kernels {
+namespace {
 
 constexpr int64_t kParallelMin = 32768;
 
@@ -317,5 +318,14 @@ void cpu_where(DType dtype, const bool* cond, int64_t c_step, const void* a, int
   }
   throw Error(fmt::format("where: no cpu kernel for dtype {}", dtype));
 }
+
+} // namespace
+
+const ElementwiseKernels ElementwiseKernels::cpu = {
+    .binary = cpu_binary,
+    .unary = cpu_unary,
+    .unary_backward = cpu_unary_backward,
+    .where = cpu_where,
+};
 
 } // namespace tb::kernels

@@ -51,8 +51,6 @@ template <typename T> void broadcast_rows_impl(const T* row, T* out, int64_t row
     for (int64_t j = 0; j < cols; j++) out[r * cols + j] = row[j];
 }
 
-} // namespace
-
 void cpu_gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
               double alpha, const void* a, int64_t lda, int64_t stride_a, const void* b,
               int64_t ldb, int64_t stride_b, double beta, void* c, int64_t ldc, int64_t stride_c,
@@ -81,5 +79,12 @@ void cpu_broadcast_rows(DType dtype, const void* row, void* out, int64_t rows, i
     default: TB_CHECK(false, "cpu_broadcast_rows: no kernel for dtype {} on cpu", dtype);
   }
 }
+
+} // namespace
+
+const MatmulKernels MatmulKernels::cpu = {
+    .gemm = cpu_gemm,
+    .broadcast_rows = cpu_broadcast_rows,
+};
 
 } // namespace tb::kernels

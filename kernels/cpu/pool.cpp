@@ -195,8 +195,6 @@ void avg_backward(const Pool2dGeom& g, WindowFn window, const T* dy, Strides4 ys
     }
 }
 
-} // namespace
-
 #define TB_POOL_DISPATCH(name, call_f32, call_f64)                              \
   switch (dtype) {                                                              \
     case kFloat32: call_f32; return;                                            \
@@ -245,5 +243,16 @@ void cpu_adaptive_avg_pool2d_backward(DType dtype, const Pool2dGeom& g, const vo
                    avg_backward(g, adaptive_window, (const float*)dy, ys, (float*)dx, xs),
                    avg_backward(g, adaptive_window, (const double*)dy, ys, (double*)dx, xs));
 }
+
+} // namespace
+
+const Pool2dKernels Pool2dKernels::cpu = {
+    .max_forward = cpu_max_pool2d_forward,
+    .max_backward = cpu_max_pool2d_backward,
+    .avg_forward = cpu_avg_pool2d_forward,
+    .avg_backward = cpu_avg_pool2d_backward,
+    .adaptive_avg_forward = cpu_adaptive_avg_pool2d_forward,
+    .adaptive_avg_backward = cpu_adaptive_avg_pool2d_backward,
+};
 
 } // namespace tb::kernels

@@ -165,8 +165,6 @@ void arg_backward_impl(const T* dy, const int64_t* indices, T* dx, int64_t outer
   }
 }
 
-} // namespace
-
 void cpu_reduce_sum(DType dtype, const void* x, void* out, int64_t outer, int64_t reduce,
                     int64_t inner, double scale) {
   switch (dtype) {
@@ -222,5 +220,14 @@ void cpu_reduce_var(DType dtype, const void* x, void* var, void* mean, int64_t o
       TB_CHECK(false, "cpu_reduce_var: no kernel for dtype {} on cpu", dtype);
   }
 }
+
+} // namespace
+
+const ReduceKernels ReduceKernels::cpu = {
+    .sum = cpu_reduce_sum,
+    .arg = cpu_reduce_arg,
+    .arg_backward = cpu_reduce_arg_backward,
+    .var = cpu_reduce_var,
+};
 
 } // namespace tb::kernels

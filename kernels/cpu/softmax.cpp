@@ -153,8 +153,6 @@ void nll_backward_impl(const int64_t* target, const T* dloss, int64_t dloss_step
   }
 }
 
-} // namespace
-
 void cpu_softmax_forward(DType dtype, bool log, const void* x, void* y, int64_t outer,
                          int64_t dim, int64_t inner) {
   switch (dtype) {
@@ -230,5 +228,16 @@ void cpu_nll_backward(DType dtype, const int64_t* target, const void* dloss, int
     default: TB_CHECK(false, "cpu_nll_backward: no kernel for dtype {} on cpu", dtype);
   }
 }
+
+} // namespace
+
+const SoftmaxKernels SoftmaxKernels::cpu = {
+    .forward = cpu_softmax_forward,
+    .backward = cpu_softmax_backward,
+    .cross_entropy_forward = cpu_cross_entropy_forward,
+    .cross_entropy_backward = cpu_cross_entropy_backward,
+    .nll_forward = cpu_nll_forward,
+    .nll_backward = cpu_nll_backward,
+};
 
 } // namespace tb::kernels

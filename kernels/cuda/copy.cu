@@ -70,8 +70,8 @@ static bool is_row_major(const StridedLayout& l) {
   return true;
 }
 
-void cuda_copy_strided(DType src_dtype, const void* src, const StridedLayout& src_layout,
-                       DType dst_dtype, void* dst, const StridedLayout& dst_layout) {
+static void cuda_copy_strided(DType src_dtype, const void* src, const StridedLayout& src_layout,
+                              DType dst_dtype, void* dst, const StridedLayout& dst_layout) {
   TB_CHECK(src_layout.ndim >= 0 && src_layout.ndim <= kMaxDims && src_layout.ndim == dst_layout.ndim,
            "copy: expected layouts of equal rank <= {}, got {} and {}", kMaxDims, src_layout.ndim,
            dst_layout.ndim);
@@ -117,5 +117,7 @@ void cuda_fill(DType dtype, void* dst, int64_t n, double value) {
   }
   cuda_no_kernel("fill", dtype);
 }
+
+const CopyKernels CopyKernels::cuda = {.strided = cuda_copy_strided};
 
 } // namespace tb::kernels

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 namespace tb::kernels {
+namespace {
 
 static const char* binary_name(BinaryOp op) {
   switch (op) {
@@ -318,5 +319,14 @@ void cuda_where(DType dtype, const bool* cond, int64_t c_step, const void* a, in
   }
   cuda_no_kernel("where", dtype);
 }
+
+} // namespace
+
+const ElementwiseKernels ElementwiseKernels::cuda = {
+    .binary = cuda_binary,
+    .unary = cuda_unary,
+    .unary_backward = cuda_unary_backward,
+    .where = cuda_where,
+};
 
 } // namespace tb::kernels

@@ -22,6 +22,7 @@
 #include <climits>
 
 namespace tb::kernels {
+namespace {
 
 void cuda_gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                double alpha, const void* a, int64_t lda, int64_t stride_a, const void* b,
@@ -81,5 +82,12 @@ void cuda_broadcast_rows(DType dtype, const void* row, void* out, int64_t rows, 
         (const double*)row, (double*)out, rows, cols);
   cuda_check_launch("linear (bias)");
 }
+
+} // namespace
+
+const MatmulKernels MatmulKernels::cuda = {
+    .gemm = cuda_gemm,
+    .broadcast_rows = cuda_broadcast_rows,
+};
 
 } // namespace tb::kernels

@@ -22,6 +22,7 @@
 #include "kernels/reduce.h"
 
 namespace tb::kernels {
+namespace {
 
 // A reduction of length `reduce` cut into `count` pieces of `len` values (the last may be
 // shorter), when `units` blocks would otherwise do it (one per row, or per tile of columns):
@@ -387,5 +388,14 @@ void cuda_reduce_var(DType dtype, const void* x, void* var, void* mean, int64_t 
   if (dtype == kFloat32) launch_var<float>(x, var, mean, outer, reduce, inner, correction);
   else launch_var<double>(x, var, mean, outer, reduce, inner, correction);
 }
+
+} // namespace
+
+const ReduceKernels ReduceKernels::cuda = {
+    .sum = cuda_reduce_sum,
+    .arg = cuda_reduce_arg,
+    .arg_backward = cuda_reduce_arg_backward,
+    .var = cuda_reduce_var,
+};
 
 } // namespace tb::kernels

@@ -9,6 +9,7 @@
 #include "kernels/softmax.h"
 
 namespace tb::kernels {
+namespace {
 
 // ---- softmax / log_softmax forward ---------------------------------------------------------------
 //   softmax: y_j = exp(x_j - m) / s,  log_softmax: y_j = x_j - m - log s,  s = sum_k exp(x_k - m)
@@ -243,5 +244,16 @@ void cuda_nll_backward(DType dtype, const int64_t* target, const void* dloss, in
         target, (const double*)dloss, dloss_step, scale, (double*)dlogp, n, c, ignore_index);
   cuda_check_launch("nll_loss backward");
 }
+
+} // namespace
+
+const SoftmaxKernels SoftmaxKernels::cuda = {
+    .forward = cuda_softmax_forward,
+    .backward = cuda_softmax_backward,
+    .cross_entropy_forward = cuda_cross_entropy_forward,
+    .cross_entropy_backward = cuda_cross_entropy_backward,
+    .nll_forward = cuda_nll_forward,
+    .nll_backward = cuda_nll_backward,
+};
 
 } // namespace tb::kernels

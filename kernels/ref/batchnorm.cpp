@@ -74,8 +74,6 @@ void backward(const BatchNormLayout& l, const T* x, const T* dy, const T* w, con
   }
 }
 
-} // namespace
-
 void ref_batch_norm_forward(DType dtype, const BatchNormLayout& l, const void* x, const void* w,
                             const void* b, bool use_batch_stats, double momentum, double eps,
                             void* running_mean, void* running_var, void* y, void* save_mean,
@@ -108,5 +106,12 @@ void ref_batch_norm_backward(DType dtype, const BatchNormLayout& l, const void* 
     default: TB_CHECK(false, "ref_batch_norm_backward: no kernel for dtype {}", dtype);
   }
 }
+
+} // namespace
+
+const BatchNormKernels BatchNormKernels::ref = {
+    .forward = ref_batch_norm_forward,
+    .backward = ref_batch_norm_backward,
+};
 
 } // namespace tb::kernels

@@ -108,8 +108,6 @@ void backward_weights(const Conv2dGeom& g, const T* x, Strides4 xs, const T* dy,
     for (int64_t o = 0; o < g.O; o++) db[o] = (T)acc_b[o];
 }
 
-} // namespace
-
 void ref_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs, const void* w,
                         const void* b, void* y, Strides4 ys) {
   switch (dtype) {
@@ -144,5 +142,13 @@ void ref_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x
     default: TB_CHECK(false, "ref_conv2d_backward_weights: no kernel for dtype {}", dtype);
   }
 }
+
+} // namespace
+
+const Conv2dKernels Conv2dKernels::ref = {
+    .forward = ref_conv2d_forward,
+    .backward_data = ref_conv2d_backward_data,
+    .backward_weights = ref_conv2d_backward_weights,
+};
 
 } // namespace tb::kernels

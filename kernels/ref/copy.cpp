@@ -37,8 +37,8 @@ void store_from_double(DType t, void* p, int64_t i, double v) {
   }
 }
 
-void ref_copy_strided(DType src_dtype, const void* src, const StridedLayout& sl, DType dst_dtype,
-                      void* dst, const StridedLayout& dl) {
+static void ref_copy_strided(DType src_dtype, const void* src, const StridedLayout& sl,
+                             DType dst_dtype, void* dst, const StridedLayout& dl) {
   int64_t n = 1;
   for (int d = 0; d < sl.ndim; d++) n *= sl.sizes[d];
   if (n == 0) return;
@@ -69,5 +69,7 @@ void ref_fill(DType dtype, void* dst, int64_t n, double value) {
   }
   for (int64_t i = 0; i < n; i++) store_from_double(dtype, dst, i, value);
 }
+
+const CopyKernels CopyKernels::ref = {.strided = ref_copy_strided};
 
 } // namespace tb::kernels

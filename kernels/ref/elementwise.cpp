@@ -11,6 +11,7 @@
 #include <type_traits>
 
 namespace tb::kernels {
+namespace {
 
 static const char* binary_name(BinaryOp op) {
   switch (op) {
@@ -311,5 +312,14 @@ void ref_where(DType dtype, const bool* cond, int64_t c_step, const void* a, int
   }
   throw Error(fmt::format("where: no reference cpu kernel for dtype {}", dtype));
 }
+
+} // namespace
+
+const ElementwiseKernels ElementwiseKernels::ref = {
+    .binary = ref_binary,
+    .unary = ref_unary,
+    .unary_backward = ref_unary_backward,
+    .where = ref_where,
+};
 
 } // namespace tb::kernels

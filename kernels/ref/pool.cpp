@@ -94,8 +94,6 @@ void avg_backward(const Pool2dGeom& g, WindowFn window, const T* dy, Strides4 ys
         for (int64_t w = 0; w < g.W; w++) dx[at(xs, n, c, h, w)] = T(acc[at(as, n, c, h, w)]);
 }
 
-} // namespace
-
 #define TB_POOL_DISPATCH(name, call_f32, call_f64)                              \
   switch (dtype) {                                                              \
     case kFloat32: call_f32; return;                                            \
@@ -144,5 +142,16 @@ void ref_adaptive_avg_pool2d_backward(DType dtype, const Pool2dGeom& g, const vo
                    avg_backward(g, adaptive_window, (const float*)dy, ys, (float*)dx, xs),
                    avg_backward(g, adaptive_window, (const double*)dy, ys, (double*)dx, xs));
 }
+
+} // namespace
+
+const Pool2dKernels Pool2dKernels::ref = {
+    .max_forward = ref_max_pool2d_forward,
+    .max_backward = ref_max_pool2d_backward,
+    .avg_forward = ref_avg_pool2d_forward,
+    .avg_backward = ref_avg_pool2d_backward,
+    .adaptive_avg_forward = ref_adaptive_avg_pool2d_forward,
+    .adaptive_avg_backward = ref_adaptive_avg_pool2d_backward,
+};
 
 } // namespace tb::kernels

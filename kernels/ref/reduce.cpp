@@ -79,8 +79,6 @@ void var_impl(const T* x, T* var, T* mean, int64_t outer, int64_t reduce, int64_
     }
 }
 
-} // namespace
-
 void ref_reduce_sum(DType dtype, const void* x, void* out, int64_t outer, int64_t reduce,
                     int64_t inner, double scale) {
   switch (dtype) {
@@ -136,5 +134,14 @@ void ref_reduce_var(DType dtype, const void* x, void* var, void* mean, int64_t o
       TB_CHECK(false, "ref_reduce_var: no kernel for dtype {} on cpu", dtype);
   }
 }
+
+} // namespace
+
+const ReduceKernels ReduceKernels::ref = {
+    .sum = ref_reduce_sum,
+    .arg = ref_reduce_arg,
+    .arg_backward = ref_reduce_arg_backward,
+    .var = ref_reduce_var,
+};
 
 } // namespace tb::kernels

@@ -90,8 +90,6 @@ void nll_backward_impl(const int64_t* target, const T* dloss, int64_t dloss_step
                              : T(0);
 }
 
-} // namespace
-
 void ref_softmax_forward(DType dtype, bool log, const void* x, void* y, int64_t outer,
                          int64_t dim, int64_t inner) {
   switch (dtype) {
@@ -167,5 +165,16 @@ void ref_nll_backward(DType dtype, const int64_t* target, const void* dloss, int
     default: TB_CHECK(false, "ref_nll_backward: no kernel for dtype {} on cpu", dtype);
   }
 }
+
+} // namespace
+
+const SoftmaxKernels SoftmaxKernels::ref = {
+    .forward = ref_softmax_forward,
+    .backward = ref_softmax_backward,
+    .cross_entropy_forward = ref_cross_entropy_forward,
+    .cross_entropy_backward = ref_cross_entropy_backward,
+    .nll_forward = ref_nll_forward,
+    .nll_backward = ref_nll_backward,
+};
 
 } // namespace tb::kernels

@@ -135,7 +135,8 @@ Tensor BatchNormBase::forward(const Tensor& x) {
     if (!momentum) factor = 1.0 / n.item();
   }
   bool use_batch_stats = is_training() || !track_running_stats;
-  return batch_norm(x, running_mean(), running_var(), weight(), bias(), use_batch_stats, factor, eps);
+  return batch_norm(x, running_mean(), running_var(), weight(), bias(),
+                    {.training = use_batch_stats, .momentum = factor, .eps = eps});
 }
 
 int64_t BatchNormBase::num_features() const {

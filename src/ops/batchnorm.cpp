@@ -14,10 +14,13 @@
 // anything else is copied to a dense layout first.
 #include <tb/ops.h>
 
+#include "dispatch.h"
 #include "kernels/batchnorm.h"
 
 namespace tb {
 namespace {
+
+using kernels::BatchNormKernels;
 
 // For 4-D inputs: keep channels-last if x has it (or has no dense layout); else contiguous.
 bool choose_channels_last(const Tensor& x) {
@@ -56,14 +59,13 @@ void check_channel_vector(const Tensor& x, const Tensor& t, const char* name) {
 const void* data_or_null(const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; }
 void* mut_data_or_null(const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; }
 
-bool fast() { return cpu_kernels() == CpuKernels::Fast; }
-
 } // namespace
 
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
-                  const Tensor& weight, const Tensor& bias, bool training, double momentum,
-                  double eps) {
+                  const Tensor& weight, const Tensor& bias, const BatchNormOptions& o) {
   const char* op = "batch_norm";
+  const bool training = o.training;
+  const double momentum = o.momentum, eps = o.eps;
   check_defined(op, x, "input");
   TB_CHECK(x.dim() >= 2, "batch_norm: expected input [N, C, ...], got {}", shape_str(x.shape()));
   TB_CHECK(x.dtype() == kFloat32 || x.dtype() == kFloat64,
@@ -78,9 +80,10 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
            "batch_norm: running_mean and running_var must be contiguous (they are updated in "
            "place), got strides {} and {}",
            shape_str(running_mean.strides()), shape_str(running_var.strides()));
-  TB_CHECK(eps >= 0, "batch_norm: expected eps >= 0, got {}", eps);
-  TB_CHECK(x.device().is_cpu(), "batch_norm: no CUDA kernel yet (input on {}, dtype {})",
-           x.device(), x.dtype());
+  TB_CHECK(momentum >= 0 && momentum <= 1,
+           "batch_norm: expected BatchNormOptions::momentum in [0, 1], got {}", momentum);
+  TB_CHECK(eps > 0, "batch_norm: expected BatchNormOptions::eps > 0, got {}", eps);
+  auto forward = kernel(&BatchNormKernels::forward, op, x.device(), x.dtype());
   int64_t C = x.size(1), M = C > 0 ? x.numel() / C : 0;
   TB_CHECK(!training || M > 1,
            "batch_norm: expected more than 1 value per channel when training, got input {}",
@@ -98,10 +101,9 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   // The running stats are buffers, written in place outside autograd (bumping their versions).
   bool update_running = use_batch_stats && running_mean.defined();
   if (M > 0 || !use_batch_stats)
-    (fast() ? kernels::cpu_batch_norm_forward : kernels::ref_batch_norm_forward)(
-        x.dtype(), l, xd.raw_data(), data_or_null(wd), data_or_null(bd), use_batch_stats,
-        momentum, eps, mut_data_or_null(running_mean), mut_data_or_null(running_var),
-        y.raw_data(), save_mean.raw_data(), save_invstd.raw_data());
+    forward(x.dtype(), l, xd.raw_data(), data_or_null(wd), data_or_null(bd), use_batch_stats,
+            momentum, eps, mut_data_or_null(running_mean), mut_data_or_null(running_var),
+            y.raw_data(), save_mean.raw_data(), save_invstd.raw_data());
   if (update_running) {
     running_mean.bump_version();
     running_var.bump_version();
@@ -127,7 +129,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
           if (t->defined()) t->zero_();
       } else {
         Tensor dy = in_layout(grads[0], cl);
-        (fast() ? kernels::cpu_batch_norm_backward : kernels::ref_batch_norm_backward)(
+        kernel(&BatchNormKernels::backward, "batch_norm", opts.device, opts.dtype)(
             opts.dtype, l, xs.raw_data(), dy.raw_data(), data_or_null(ws), save_mean.raw_data(),
             save_invstd.raw_data(), use_batch_stats, mut_data_or_null(dx), mut_data_or_null(dw),
             mut_data_or_null(db));

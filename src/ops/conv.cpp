@@ -12,11 +12,13 @@
 // as is; any other layout is copied to channels-last first. dx takes x's layout.
 #include <tb/ops.h>
 
+#include "dispatch.h"
 #include "kernels/conv.h"
 
 namespace tb {
 namespace {
 
+using kernels::Conv2dKernels;
 using kernels::Strides4;
 
 // t itself when NCHW-contiguous or channels-last, else a channels-last copy (detached: callers
@@ -33,9 +35,6 @@ Tensor dense_4d(const Tensor& t, Strides4& s) {
 Tensor empty_with(const Shape& shape, Strides4 s, TensorOptions o) {
   return empty_strided(shape, {s.n, s.c, s.h, s.w}, o);
 }
-
-// One dispatch point per kernel: CUDA is refused in conv2d itself, so here CPU fast or reference.
-bool fast() { return cpu_kernels() == CpuKernels::Fast; }
 
 bool y_has_elements(const kernels::Conv2dGeom& g) { return g.N * g.O * g.OH * g.OW > 0; }
 
@@ -83,8 +82,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
            "dilated kernel of weight {} (dilation ({}, {}))",
            shape_str(x.shape()), p.pad_h, p.pad_w, shape_str(weight.shape()), p.dilation_h,
            p.dilation_w);
-  TB_CHECK(x.device().is_cpu(), "conv2d: no CUDA kernel yet (input on {}, dtype {})", x.device(),
-           x.dtype());
+  auto forward = kernel(&Conv2dKernels::forward, op, x.device(), x.dtype());
 
   kernels::Conv2dGeom g{N, C, H, W, O, KH, KW, eff_h / p.stride_h + 1, eff_w / p.stride_w + 1,
                         p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, G};
@@ -95,9 +93,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
   Tensor bd = bias.defined() ? bias.detach().contiguous() : Tensor();
   Tensor y = empty_channels_last({N, O, g.OH, g.OW}, opts);
   if (y.numel() > 0)
-    (fast() ? kernels::cpu_conv2d_forward : kernels::ref_conv2d_forward)(
-        x.dtype(), g, xd.raw_data(), xs, wd.raw_data(), bd.defined() ? bd.raw_data() : nullptr,
-        y.raw_data(), ys);
+    forward(x.dtype(), g, xd.raw_data(), xs, wd.raw_data(), bd.defined() ? bd.raw_data() : nullptr,
+            y.raw_data(), ys);
 
   std::vector<Tensor> inputs{x, weight};
   if (bias.defined()) inputs.push_back(bias);
@@ -113,13 +110,13 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
         Tensor dy = dense_4d(grads[0], dys);
         if (need_dx) {
           dx = empty_with(xs_t.shape(), xs, opts);
-          (fast() ? kernels::cpu_conv2d_backward_data : kernels::ref_conv2d_backward_data)(
+          kernel(&Conv2dKernels::backward_data, "conv2d", opts.device, opts.dtype)(
               opts.dtype, g, dy.raw_data(), dys, ws_t.raw_data(), dx.raw_data(), xs);
         }
         if (need_dw || need_db) {
           dw = empty(ws_t.shape(), opts);
           if (with_bias) db = empty({g.O}, opts);
-          (fast() ? kernels::cpu_conv2d_backward_weights : kernels::ref_conv2d_backward_weights)(
+          kernel(&Conv2dKernels::backward_weights, "conv2d", opts.device, opts.dtype)(
               opts.dtype, g, xs_t.raw_data(), xs, dy.raw_data(), dys, dw.raw_data(),
               with_bias ? db.raw_data() : nullptr);
         }

@@ -3,33 +3,33 @@
 // contiguous staging buffer and a memcpy.
 #include <tb/ops.h>
 
-#include <kernels/copy.h>
-#include <kernels/cuda_runtime.h>
+#include "dispatch.h"
+#include "kernels/copy.h"
+#include "kernels/cuda_runtime.h"
 
 namespace tb {
 
-static kernels::StridedLayout layout_of(const Tensor& t, const Shape& sizes) {
-  TB_CHECK(t.dim() <= kernels::kMaxDims, "copy: at most {} dims are supported, got shape {}",
-           kernels::kMaxDims, shape_str(t.shape()));
-  kernels::StridedLayout l;
-  l.ndim = (int)sizes.size();
-  for (int d = 0; d < l.ndim; d++) {
-    l.sizes[d] = sizes[d];
-    l.strides[d] = t.strides()[d];
+namespace detail {
+// dst[...] = src[...] for tensors of the same shape on the same device (any layouts, dtypes): one
+// strided-copy kernel. Also the copy of src/ops/shape.cpp (cat, index_select, pad); `op` names
+// the caller in errors.
+void copy_same_device(const char* op, const Tensor& dst, const Tensor& src) {
+  TB_CHECK(dst.dim() <= kernels::kMaxDims, "{}: at most {} dims are supported, got shape {}", op,
+           kernels::kMaxDims, shape_str(dst.shape()));
+  kernels::StridedLayout sl, dl;
+  sl.ndim = dl.ndim = (int)dst.dim();
+  for (int d = 0; d < sl.ndim; d++) {
+    sl.sizes[d] = dl.sizes[d] = dst.size(d);
+    sl.strides[d] = src.stride(d);
+    dl.strides[d] = dst.stride(d);
   }
-  return l;
+  kernel(&kernels::CopyKernels::strided, op, dst.device(), dst.dtype())(
+      src.dtype(), src.raw_data(), sl, dst.dtype(), dst.raw_data(), dl);
 }
+} // namespace detail
 
-// dst[...] = src[...] for tensors of the same shape on the same device (any layouts, dtypes).
 static void copy_same_device(const Tensor& dst, const Tensor& src) {
-  auto sl = layout_of(src, dst.shape()), dl = layout_of(dst, dst.shape());
-  if (dst.device().is_cuda()) {
-    kernels::cuda_copy_strided(src.dtype(), src.raw_data(), sl, dst.dtype(), dst.raw_data(), dl);
-  } else if (cpu_kernels() == CpuKernels::Fast) {
-    kernels::cpu_copy_strided(src.dtype(), src.raw_data(), sl, dst.dtype(), dst.raw_data(), dl);
-  } else {
-    kernels::ref_copy_strided(src.dtype(), src.raw_data(), sl, dst.dtype(), dst.raw_data(), dl);
-  }
+  detail::copy_same_device("copy", dst, src);
 }
 
 // Copies a tensor to another device, keeping dtype; the result is contiguous.

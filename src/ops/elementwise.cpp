@@ -17,42 +17,13 @@
 #include <tb/ops.h>
 
 #include "kernels/elementwise.h"
+#include "dispatch.h"
 
 namespace tb {
 
 using kernels::BinaryOp;
+using kernels::ElementwiseKernels;
 using kernels::UnaryOp;
-
-// ---- kernel dispatch: one point per kernel family --------------------------------------------
-
-static void run_binary(BinaryOp op, Device dev, DType dt, const void* a, int64_t as, const void* b,
-                       int64_t bs, void* out, int64_t n, double alpha) {
-  if (dev.is_cuda()) return kernels::cuda_binary(op, dt, a, as, b, bs, out, n, alpha);
-  if (cpu_kernels() == CpuKernels::Fast) return kernels::cpu_binary(op, dt, a, as, b, bs, out, n, alpha);
-  kernels::ref_binary(op, dt, a, as, b, bs, out, n, alpha);
-}
-
-static void run_unary(UnaryOp op, Device dev, DType dt, const void* x, void* out, int64_t n,
-                      double p0, double p1) {
-  if (dev.is_cuda()) return kernels::cuda_unary(op, dt, x, out, n, p0, p1);
-  if (cpu_kernels() == CpuKernels::Fast) return kernels::cpu_unary(op, dt, x, out, n, p0, p1);
-  kernels::ref_unary(op, dt, x, out, n, p0, p1);
-}
-
-static void run_unary_backward(UnaryOp op, Device dev, DType dt, const void* x, const void* dy,
-                               void* dx, int64_t n, double p0, double p1) {
-  if (dev.is_cuda()) return kernels::cuda_unary_backward(op, dt, x, dy, dx, n, p0, p1);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_unary_backward(op, dt, x, dy, dx, n, p0, p1);
-  kernels::ref_unary_backward(op, dt, x, dy, dx, n, p0, p1);
-}
-
-static void run_where(Device dev, DType dt, const bool* c, int64_t cs, const void* a, int64_t as,
-                      const void* b, int64_t bs, void* out, int64_t n) {
-  if (dev.is_cuda()) return kernels::cuda_where(dt, c, cs, a, as, b, bs, out, n);
-  if (cpu_kernels() == CpuKernels::Fast) return kernels::cpu_where(dt, c, cs, a, as, b, bs, out, n);
-  kernels::ref_where(dt, c, cs, a, as, b, bs, out, n);
-}
 
 // ---- layout and dtype helpers ------------------------------------------------------------------
 
@@ -106,14 +77,15 @@ static bool is_comparison(BinaryOp op) {
 
 // out = a (op) b on tensors without history: broadcast to `shape`, computed in kernel_dtype(rdt),
 // returned in rdt (comparisons: bool).
-static Tensor binary_compute(BinaryOp op, const Tensor& a, const Tensor& b, double alpha,
-                             const Shape& shape, DType rdt) {
+static Tensor binary_compute(const char* name, BinaryOp op, const Tensor& a, const Tensor& b,
+                             double alpha, const Shape& shape, DType rdt) {
   DType kdt = kernel_dtype(rdt);
   auto f = flat_operands(shape, {as_dtype(a, kdt), as_dtype(b, kdt)});
   bool cmp = is_comparison(op);
   Tensor out = empty_strided(shape, f.out_strides, TensorOptions(cmp ? kBool : kdt, a.device()));
-  run_binary(op, a.device(), kdt, f.xs[0].raw_data(), f.steps[0], f.xs[1].raw_data(), f.steps[1],
-             out.raw_data(), out.numel(), alpha);
+  kernel(&ElementwiseKernels::binary, name, a.device(), kdt)(
+      op, kdt, f.xs[0].raw_data(), f.steps[0], f.xs[1].raw_data(), f.steps[1], out.raw_data(),
+      out.numel(), alpha);
   return cmp ? out : as_dtype(out, rdt);
 }
 
@@ -126,7 +98,7 @@ static Tensor binary_forward(const char* name, BinaryOp op, const Tensor& a, con
   Shape shape = broadcast_shapes(name, a.shape(), b.shape());
   DType rdt = promote_types(a.dtype(), b.dtype());
   if (op == BinaryOp::Div && !is_floating(rdt)) rdt = kFloat32;
-  return binary_compute(op, a.detach(), b.detach(), alpha, shape, rdt);
+  return binary_compute(name, op, a.detach(), b.detach(), alpha, shape, rdt);
 }
 
 // The gradient for one input of a broadcasting op: summed to its shape, in its dtype.
@@ -275,19 +247,20 @@ Tensor rsub(const Tensor& a, double b) { return sub(scalar_like("rsub", a, b, a.
 // ---- unary ops on the unary kernels: out = f(x); dx = dy f'(x) by the unary_backward kernel ----
 
 // f(x) on a tensor without history; the output keeps x's layout when x is dense.
-static Tensor unary_compute(UnaryOp op, const Tensor& x, double p0, double p1) {
+static Tensor unary_compute(const char* name, UnaryOp op, const Tensor& x, double p0, double p1) {
   DType kdt = kernel_dtype(x.dtype());
   Tensor xc = as_dtype(x, kdt);
   if (!is_dense(xc)) xc = xc.contiguous();
   Tensor out = empty_strided(xc.shape(), xc.strides(), TensorOptions(kdt, xc.device()));
-  run_unary(op, xc.device(), kdt, xc.raw_data(), out.raw_data(), out.numel(), p0, p1);
+  kernel(&ElementwiseKernels::unary, name, xc.device(), kdt)(op, kdt, xc.raw_data(),
+                                                             out.raw_data(), out.numel(), p0, p1);
   return as_dtype(out, x.dtype());
 }
 
 // dx = dy f'(x) in x's layout: a dy laid out differently is staged into x's layout (the saved
 // activation is usually the bigger, channels-last one; copying the gradient is cheaper).
-static Tensor unary_backward_compute(UnaryOp op, const Tensor& x, const Tensor& dy, double p0,
-                                     double p1) {
+static Tensor unary_backward_compute(const char* name, UnaryOp op, const Tensor& x,
+                                     const Tensor& dy, double p0, double p1) {
   DType kdt = kernel_dtype(x.dtype());
   Tensor xc = as_dtype(x, kdt), gc = as_dtype(dy, kdt);
   if (!is_dense(xc)) xc = xc.contiguous();
@@ -299,8 +272,8 @@ static Tensor unary_backward_compute(UnaryOp op, const Tensor& x, const Tensor& 
     gc = staged;
   }
   Tensor dx = empty_strided(xc.shape(), xc.strides(), opts);
-  run_unary_backward(op, x.device(), kdt, xc.raw_data(), gc.raw_data(), dx.raw_data(), dx.numel(),
-                     p0, p1);
+  kernel(&ElementwiseKernels::unary_backward, name, x.device(), kdt)(
+      op, kdt, xc.raw_data(), gc.raw_data(), dx.raw_data(), dx.numel(), p0, p1);
   return as_dtype(dx, x.dtype());
 }
 
@@ -310,7 +283,7 @@ namespace detail {
 Tensor unary_op(const char* name, UnaryOp op, const Tensor& x, double p0, double p1) {
   check_defined(name, x, "input");
   check_floating(name, x);
-  Tensor out = unary_compute(op, x.detach(), p0, p1);
+  Tensor out = unary_compute(name, op, x.detach(), p0, p1);
   if (auto node = make_node(name, {x})) {
     SavedTensor sx(x);
     node->backward = [sx, name, op, p0, p1](const std::vector<Tensor>& g) -> std::vector<Tensor> {
@@ -318,7 +291,7 @@ Tensor unary_op(const char* name, UnaryOp op, const Tensor& x, double p0, double
       Tensor x = sx.unpack(name);
       TB_CHECK(g[0].shape() == x.shape(), "{} backward: gradient shape {} != input shape {}", name,
                shape_str(g[0].shape()), shape_str(x.shape()));
-      return {unary_backward_compute(op, x.detach(), g[0], p0, p1)};
+      return {unary_backward_compute(name, op, x.detach(), g[0], p0, p1)};
     };
     attach_outputs(node, {out});
   }
@@ -369,8 +342,9 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   DType rdt = promote_types(a.dtype(), b.dtype());
   auto f = flat_operands(shape, {cond.detach(), as_dtype(a.detach(), rdt), as_dtype(b.detach(), rdt)});
   Tensor out = empty_strided(shape, f.out_strides, TensorOptions(rdt, a.device()));
-  run_where(a.device(), rdt, (const bool*)f.xs[0].raw_data(), f.steps[0], f.xs[1].raw_data(),
-            f.steps[1], f.xs[2].raw_data(), f.steps[2], out.raw_data(), out.numel());
+  kernel(&ElementwiseKernels::where, "where", a.device(), rdt)(
+      rdt, (const bool*)f.xs[0].raw_data(), f.steps[0], f.xs[1].raw_data(), f.steps[1],
+      f.xs[2].raw_data(), f.steps[2], out.raw_data(), out.numel());
   if (auto node = make_node("where", {a, b})) {
     Tensor c = cond.detach();
     Shape as = a.shape(), bs = b.shape();
@@ -481,10 +455,10 @@ static void inplace_binary(const char* name, BinaryOp op, Tensor& self, const Te
       staged.copy_(o);
       o = staged;
     }
-    run_binary(op, s.device(), dt, s.raw_data(), 1, o.raw_data(), step, s.raw_data(), s.numel(),
-               alpha);
+    kernel(&ElementwiseKernels::binary, name, s.device(), dt)(
+        op, dt, s.raw_data(), 1, o.raw_data(), step, s.raw_data(), s.numel(), alpha);
   } else {
-    Tensor r = binary_compute(op, s, o, alpha, shape, dt);
+    Tensor r = binary_compute(name, op, s, o, alpha, shape, dt);
     no_grad ng;
     s.copy_(r);
   }
@@ -511,9 +485,10 @@ Tensor& Tensor::clamp_(double lo, double hi) {
   check_floating("clamp_", *this);
   Tensor s = detach();
   if (kernel_dtype(dtype()) == dtype() && is_dense(s)) {
-    run_unary(UnaryOp::Clamp, s.device(), dtype(), s.raw_data(), s.raw_data(), s.numel(), lo, hi);
+    kernel(&ElementwiseKernels::unary, "clamp_", s.device(), dtype())(
+        UnaryOp::Clamp, dtype(), s.raw_data(), s.raw_data(), s.numel(), lo, hi);
   } else {
-    Tensor r = unary_compute(UnaryOp::Clamp, s, lo, hi);
+    Tensor r = unary_compute("clamp_", UnaryOp::Clamp, s, lo, hi);
     no_grad ng;
     s.copy_(r);
   }

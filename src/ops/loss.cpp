@@ -18,48 +18,12 @@
 
 #include <tb/ops.h>
 
+#include "dispatch.h"
 #include "kernels/softmax.h"
 
 namespace tb {
 
-// ---- kernel dispatch: one point per kernel ----------------------------------------------------
-
-static void run_ce_forward(Device dev, DType dt, const void* x, const int64_t* t, void* loss,
-                           void* lse, int64_t n, int64_t c, double eps, int64_t ignore) {
-  if (dev.is_cuda())
-    return kernels::cuda_cross_entropy_forward(dt, x, t, loss, lse, n, c, eps, ignore);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_cross_entropy_forward(dt, x, t, loss, lse, n, c, eps, ignore);
-  kernels::ref_cross_entropy_forward(dt, x, t, loss, lse, n, c, eps, ignore);
-}
-
-static void run_ce_backward(Device dev, DType dt, const void* x, const int64_t* t, const void* lse,
-                            const void* dl, int64_t step, double scale, void* dx, int64_t n,
-                            int64_t c, double eps, int64_t ignore) {
-  if (dev.is_cuda())
-    return kernels::cuda_cross_entropy_backward(dt, x, t, lse, dl, step, scale, dx, n, c, eps,
-                                                ignore);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_cross_entropy_backward(dt, x, t, lse, dl, step, scale, dx, n, c, eps,
-                                               ignore);
-  kernels::ref_cross_entropy_backward(dt, x, t, lse, dl, step, scale, dx, n, c, eps, ignore);
-}
-
-static void run_nll_forward(Device dev, DType dt, const void* logp, const int64_t* t, void* loss,
-                            int64_t n, int64_t c, int64_t ignore) {
-  if (dev.is_cuda()) return kernels::cuda_nll_forward(dt, logp, t, loss, n, c, ignore);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_nll_forward(dt, logp, t, loss, n, c, ignore);
-  kernels::ref_nll_forward(dt, logp, t, loss, n, c, ignore);
-}
-
-static void run_nll_backward(Device dev, DType dt, const int64_t* t, const void* dl, int64_t step,
-                             double scale, void* dlogp, int64_t n, int64_t c, int64_t ignore) {
-  if (dev.is_cuda()) return kernels::cuda_nll_backward(dt, t, dl, step, scale, dlogp, n, c, ignore);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_nll_backward(dt, t, dl, step, scale, dlogp, n, c, ignore);
-  kernels::ref_nll_backward(dt, t, dl, step, scale, dlogp, n, c, ignore);
-}
+using kernels::SoftmaxKernels;
 
 // ---- shared checks -------------------------------------------------------------------------------
 
@@ -176,8 +140,9 @@ Tensor nll_loss(const Tensor& logp, const Tensor& target, const std::string& red
   ClassRows r = class_rows(op, logp, target, ignore_index);
   DType cdt = r.x.dtype();
   Tensor rows = empty({r.rows}, TensorOptions(cdt, logp.device()));
-  run_nll_forward(logp.device(), cdt, r.x.raw_data(), r.target.data<int64_t>(), rows.raw_data(),
-                  r.rows, r.classes, ignore_index);
+  kernel(&SoftmaxKernels::nll_forward, op, logp.device(), cdt)(
+      cdt, r.x.raw_data(), r.target.data<int64_t>(), rows.raw_data(), r.rows, r.classes,
+      ignore_index);
   Tensor out = reduce_rows(r, rows, red, logp.dtype());
 
   if (auto node = make_node(op, {logp})) {
@@ -190,8 +155,9 @@ Tensor nll_loss(const Tensor& logp, const Tensor& target, const std::string& red
       DType cdt = xdt == kFloat64 ? kFloat64 : kFloat32;
       auto [gc, step] = row_grad(g[0], red, cdt);
       Tensor d = empty({r.rows, r.classes}, TensorOptions(cdt, gc.device()));
-      run_nll_backward(gc.device(), cdt, r.target.data<int64_t>(), gc.raw_data(), step, scale,
-                       d.raw_data(), r.rows, r.classes, ignore_index);
+      kernel(&SoftmaxKernels::nll_backward, "nll_loss", gc.device(), cdt)(
+          cdt, r.target.data<int64_t>(), gc.raw_data(), step, scale, d.raw_data(), r.rows,
+          r.classes, ignore_index);
       return {rows_to_input(r, d, xs, xdt)};
     };
     attach_outputs(node, {out});
@@ -231,8 +197,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, double label_sm
   DType cdt = r.x.dtype();
   TensorOptions o(cdt, logits.device());
   Tensor rows = empty({r.rows}, o), lse = empty({r.rows}, o);
-  run_ce_forward(logits.device(), cdt, r.x.raw_data(), r.target.data<int64_t>(), rows.raw_data(),
-                 lse.raw_data(), r.rows, r.classes, label_smoothing, ignore_index);
+  kernel(&SoftmaxKernels::cross_entropy_forward, op, logits.device(), cdt)(
+      cdt, r.x.raw_data(), r.target.data<int64_t>(), rows.raw_data(), lse.raw_data(), r.rows,
+      r.classes, label_smoothing, ignore_index);
   Tensor out = reduce_rows(r, rows, red, logits.dtype());
 
   if (auto node = make_node(op, {logits})) {
@@ -247,9 +214,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, double label_sm
       DType cdt = xr.dtype();
       auto [gc, step] = row_grad(g[0], red, cdt);
       Tensor d = empty({r.rows, r.classes}, TensorOptions(cdt, gc.device()));
-      run_ce_backward(gc.device(), cdt, xr.raw_data(), r.target.data<int64_t>(), lse.raw_data(),
-                      gc.raw_data(), step, scale, d.raw_data(), r.rows, r.classes,
-                      label_smoothing, ignore_index);
+      kernel(&SoftmaxKernels::cross_entropy_backward, "cross_entropy", gc.device(), cdt)(
+          cdt, xr.raw_data(), r.target.data<int64_t>(), lse.raw_data(), gc.raw_data(), step,
+          scale, d.raw_data(), r.rows, r.classes, label_smoothing, ignore_index);
       return {rows_to_input(r, d, xs, xdt)};
     };
     attach_outputs(node, {out});

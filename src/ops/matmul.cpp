@@ -14,32 +14,12 @@
 
 #include <tb/ops.h>
 
+#include "dispatch.h"
 #include "kernels/matmul.h"
 
 namespace tb {
 
-// ---- kernel dispatch: one point per kernel ----------------------------------------------------
-
-static void run_gemm(Device dev, DType dt, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
-                     double alpha, const void* a, int64_t lda, int64_t sa, const void* b,
-                     int64_t ldb, int64_t sb, double beta, void* c, int64_t ldc, int64_t sc,
-                     int64_t batch) {
-  if (dev.is_cuda())
-    return kernels::cuda_gemm(dt, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc,
-                              batch);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_gemm(dt, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc,
-                             batch);
-  kernels::ref_gemm(dt, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc, batch);
-}
-
-static void run_broadcast_rows(Device dev, DType dt, const void* row, void* out, int64_t rows,
-                               int64_t cols) {
-  if (dev.is_cuda()) return kernels::cuda_broadcast_rows(dt, row, out, rows, cols);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_broadcast_rows(dt, row, out, rows, cols);
-  kernels::ref_broadcast_rows(dt, row, out, rows, cols);
-}
+using kernels::MatmulKernels;
 
 // ---- operands ------------------------------------------------------------------------------------
 
@@ -70,8 +50,8 @@ static GemmOperand gemm_operand(const Tensor& t3) {
 }
 
 // C [batch, m, n] = A [1 or batch, m, k] · B [1 or batch, k, n] (+ bias [n] on every row), one
-// kernel call. Inputs have no history; the result is contiguous.
-static Tensor gemm3(const Tensor& a3, const Tensor& b3, const Tensor& bias) {
+// kernel call. Inputs have no history; the result is contiguous. `op` names the caller in errors.
+static Tensor gemm3(const char* op, const Tensor& a3, const Tensor& b3, const Tensor& bias) {
   int64_t batch = std::max(a3.size(0), b3.size(0));
   int64_t m = a3.size(1), k = a3.size(2), n = b3.size(2);
   Tensor c = empty({batch, m, n}, TensorOptions(a3.dtype(), a3.device()));
@@ -79,13 +59,14 @@ static Tensor gemm3(const Tensor& a3, const Tensor& b3, const Tensor& bias) {
   GemmOperand A = gemm_operand(a3), B = gemm_operand(b3);
   double beta = 0.0;
   if (bias.defined()) {
-    run_broadcast_rows(c.device(), c.dtype(), bias.contiguous().raw_data(), c.raw_data(),
-                       batch * m, n);
+    kernel(&MatmulKernels::broadcast_rows, op, c.device(), c.dtype())(
+        c.dtype(), bias.contiguous().raw_data(), c.raw_data(), batch * m, n);
     beta = 1.0;
   }
-  run_gemm(c.device(), c.dtype(), A.trans, B.trans, m, n, k, 1.0, A.t.raw_data(), A.ld,
-           A.batch_stride, B.t.raw_data(), B.ld, B.batch_stride, beta, c.raw_data(),
-           std::max<int64_t>(1, n), m * n, batch);
+  kernel(&MatmulKernels::gemm, op, c.device(), c.dtype())(
+      c.dtype(), A.trans, B.trans, m, n, k, 1.0, A.t.raw_data(), A.ld, A.batch_stride,
+      B.t.raw_data(), B.ld, B.batch_stride, beta, c.raw_data(), std::max<int64_t>(1, n), m * n,
+      batch);
   return c;
 }
 
@@ -109,7 +90,7 @@ static Tensor matmul_nd(const Tensor& A, const Tensor& B) {
     return zeros(out_shape, TensorOptions(A.dtype(), A.device()));
   // B without batch: fold A's batch into its rows, one plain GEMM.
   if (numel_of(bb) == 1 && !ba.empty()) {
-    Tensor c = gemm3(A.reshape({1, -1, k}), B.reshape({1, k, n}), Tensor());
+    Tensor c = gemm3("matmul", A.reshape({1, -1, k}), B.reshape({1, k, n}), Tensor());
     return c.view(out_shape);
   }
   // Otherwise a batched GEMM; a batch-free operand is read with batch stride 0 (no copy).
@@ -120,7 +101,7 @@ static Tensor matmul_nd(const Tensor& A, const Tensor& B) {
     full.push_back(c);
     return t.expand(full).reshape({-1, r, c});
   };
-  Tensor c = gemm3(as3(A, ba, m, k), as3(B, bb, k, n), Tensor());
+  Tensor c = gemm3("matmul", as3(A, ba, m, k), as3(B, bb, k, n), Tensor());
   return c.view(out_shape);
 }
 
@@ -221,7 +202,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   int64_t rows = numel_of(Shape(x.shape().begin(), x.shape().end() - 1));  // M
   Tensor x2 = x.detach().reshape({1, rows, in});
   Tensor wt = weight.detach().t().unsqueeze(0); // [1, in, out], a transposed view: no copy
-  Tensor y = gemm3(x2, wt, bias.defined() ? bias.detach() : Tensor());
+  Tensor y = gemm3(op, x2, wt, bias.defined() ? bias.detach() : Tensor());
   Shape ys = x.shape();
   ys.back() = out_f;
   Tensor out = y.view(ys);

@@ -12,12 +12,14 @@
 // stays NCHW; any other layout is copied to channels-last first.
 #include <tb/ops.h>
 
+#include "dispatch.h"
 #include "kernels/pool.h"
 
 namespace tb {
 namespace {
 
 using kernels::Pool2dGeom;
+using kernels::Pool2dKernels;
 using kernels::Strides4;
 
 void check_pool_input(const char* op, const Tensor& x) {
@@ -25,8 +27,6 @@ void check_pool_input(const char* op, const Tensor& x) {
   TB_CHECK(x.dim() == 4, "{}: expected input [N, C, H, W], got {}", op, shape_str(x.shape()));
   TB_CHECK(x.dtype() == kFloat32 || x.dtype() == kFloat64,
            "{}: expected a float32 or float64 input, got {}", op, x.dtype());
-  TB_CHECK(x.device().is_cpu(), "{}: no CUDA kernel yet (input on {}, dtype {})", op, x.device(),
-           x.dtype());
 }
 
 // t (detached) in the given layout: itself when it already has it, else a copy.
@@ -49,8 +49,6 @@ Tensor empty_in(bool channels_last, const Shape& s, TensorOptions o) {
 // The layout kernels see: x's own if it is NCHW-contiguous or channels-last, else channels-last.
 bool choose_channels_last(const Tensor& x) { return x.is_channels_last() || !x.is_contiguous(); }
 
-bool fast() { return cpu_kernels() == CpuKernels::Fast; }
-
 int64_t pool_output_size(int64_t in, int64_t k, int64_t pad, int64_t stride, bool ceil_mode) {
   int64_t num = in + 2 * pad - k + (ceil_mode ? stride - 1 : 0);
   int64_t out = (num >= 0 ? num / stride : -((-num + stride - 1) / stride)) + 1; // floor division
@@ -58,33 +56,41 @@ int64_t pool_output_size(int64_t in, int64_t k, int64_t pad, int64_t stride, boo
   return out;
 }
 
+// The geometry of a max/avg pooling; a stride of 0 means "the kernel size" (PyTorch's stride=None).
 Pool2dGeom pool_geometry(const char* op, const Tensor& x, const Pool2dParams& p) {
-  TB_CHECK(p.kernel_h >= 1 && p.kernel_w >= 1 && p.stride_h >= 1 && p.stride_w >= 1,
-           "{}: expected kernel size and stride >= 1, got kernel ({}, {}), stride ({}, {})", op,
-           p.kernel_h, p.kernel_w, p.stride_h, p.stride_w);
+  TB_CHECK(p.kernel_h >= 1 && p.kernel_w >= 1,
+           "{}: expected a kernel size >= 1 (Pool2dParams::kernel_h/kernel_w must be set), got "
+           "kernel ({}, {}) for input {}",
+           op, p.kernel_h, p.kernel_w, shape_str(x.shape()));
+  TB_CHECK(p.stride_h >= 0 && p.stride_w >= 0,
+           "{}: expected a stride >= 1 (or 0: the kernel size), got stride ({}, {})", op,
+           p.stride_h, p.stride_w);
+  int64_t stride_h = p.stride_h == 0 ? p.kernel_h : p.stride_h;
+  int64_t stride_w = p.stride_w == 0 ? p.kernel_w : p.stride_w;
   TB_CHECK(p.pad_h >= 0 && p.pad_w >= 0 && p.pad_h <= p.kernel_h / 2 && p.pad_w <= p.kernel_w / 2,
            "{}: padding should be >= 0 and at most half of the kernel size, got padding ({}, {}) "
            "for kernel ({}, {})",
            op, p.pad_h, p.pad_w, p.kernel_h, p.kernel_w);
   Pool2dGeom g;
   g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3);
-  g.OH = pool_output_size(g.H, p.kernel_h, p.pad_h, p.stride_h, p.ceil_mode);
-  g.OW = pool_output_size(g.W, p.kernel_w, p.pad_w, p.stride_w, p.ceil_mode);
+  g.OH = pool_output_size(g.H, p.kernel_h, p.pad_h, stride_h, p.ceil_mode);
+  g.OW = pool_output_size(g.W, p.kernel_w, p.pad_w, stride_w, p.ceil_mode);
   TB_CHECK(g.OH >= 1 && g.OW >= 1,
            "{}: input {} is too small for kernel ({}, {}) with padding ({}, {}): output size "
            "would be {}x{}",
            op, shape_str(x.shape()), p.kernel_h, p.kernel_w, p.pad_h, p.pad_w, g.OH, g.OW);
-  g.KH = p.kernel_h, g.KW = p.kernel_w, g.stride_h = p.stride_h, g.stride_w = p.stride_w;
+  g.KH = p.kernel_h, g.KW = p.kernel_w, g.stride_h = stride_h, g.stride_w = stride_w;
   g.pad_h = p.pad_h, g.pad_w = p.pad_w, g.count_include_pad = p.count_include_pad;
   return g;
 }
 
 // Runs one of the average-pool kernel pairs (avg or adaptive) and records its backward.
-using AvgForwardFn = void (*)(DType, const Pool2dGeom&, const void*, Strides4, void*, Strides4);
-using AvgBackwardFn = void (*)(DType, const Pool2dGeom&, const void*, Strides4, void*, Strides4);
+using AvgForwardFn = decltype(Pool2dKernels::avg_forward);
+using AvgBackwardFn = decltype(Pool2dKernels::avg_backward);
 
-Tensor run_avg(const char* op, const Tensor& x, const Pool2dGeom& g, AvgForwardFn fwd,
-               AvgBackwardFn bwd) {
+Tensor run_avg(const char* op, const Tensor& x, const Pool2dGeom& g,
+               AvgForwardFn Pool2dKernels::*forward, AvgBackwardFn Pool2dKernels::*backward) {
+  auto fwd = kernel(forward, op, x.device(), x.dtype());
   bool cl = choose_channels_last(x);
   Tensor xd = in_layout(x, cl);
   TensorOptions opts(x.dtype(), x.device());
@@ -97,7 +103,8 @@ Tensor run_avg(const char* op, const Tensor& x, const Pool2dGeom& g, AvgForwardF
       Tensor dx = empty_in(cl, {g.N, g.C, g.H, g.W}, opts);
       if (!grads[0].defined() || g.N * g.C * g.OH * g.OW == 0) return {dx.zero_()};
       Tensor dy = in_layout(grads[0], cl);
-      bwd(opts.dtype, g, dy.raw_data(), ys, dx.raw_data(), xs);
+      kernel(backward, op, opts.device, opts.dtype)(opts.dtype, g, dy.raw_data(), ys,
+                                                    dx.raw_data(), xs);
       return {dx};
     };
     attach_outputs(node, {y});
@@ -111,6 +118,7 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& p) {
   const char* op = "max_pool2d";
   check_pool_input(op, x);
   Pool2dGeom g = pool_geometry(op, x, p);
+  auto forward = kernel(&Pool2dKernels::max_forward, op, x.device(), x.dtype());
   bool cl = choose_channels_last(x);
   Tensor xd = in_layout(x, cl);
   TensorOptions opts(x.dtype(), x.device());
@@ -118,14 +126,13 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& p) {
   Tensor idx = empty_in(cl, {g.N, g.C, g.OH, g.OW}, opts.with_dtype(kInt64));
   Strides4 xs = strides_of(cl, g.C, g.H, g.W), ys = strides_of(cl, g.C, g.OH, g.OW);
   if (y.numel() > 0)
-    (fast() ? kernels::cpu_max_pool2d_forward : kernels::ref_max_pool2d_forward)(
-        x.dtype(), g, xd.raw_data(), xs, y.raw_data(), idx.data<int64_t>(), ys);
+    forward(x.dtype(), g, xd.raw_data(), xs, y.raw_data(), idx.data<int64_t>(), ys);
   if (auto node = make_node(op, {x})) {
     node->backward = [=](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
       Tensor dx = empty_in(cl, {g.N, g.C, g.H, g.W}, opts);
       if (!grads[0].defined() || idx.numel() == 0) return {dx.zero_()};
       Tensor dy = in_layout(grads[0], cl);
-      (fast() ? kernels::cpu_max_pool2d_backward : kernels::ref_max_pool2d_backward)(
+      kernel(&Pool2dKernels::max_backward, op, opts.device, opts.dtype)(
           opts.dtype, g, dy.raw_data(), idx.data<int64_t>(), ys, dx.raw_data(), xs);
       return {dx};
     };
@@ -138,9 +145,7 @@ Tensor avg_pool2d(const Tensor& x, const Pool2dParams& p) {
   const char* op = "avg_pool2d";
   check_pool_input(op, x);
   Pool2dGeom g = pool_geometry(op, x, p);
-  if (fast())
-    return run_avg(op, x, g, kernels::cpu_avg_pool2d_forward, kernels::cpu_avg_pool2d_backward);
-  return run_avg(op, x, g, kernels::ref_avg_pool2d_forward, kernels::ref_avg_pool2d_backward);
+  return run_avg(op, x, g, &Pool2dKernels::avg_forward, &Pool2dKernels::avg_backward);
 }
 
 Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
@@ -152,11 +157,8 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
            shape_str(x.shape()));
   Pool2dGeom g;
   g.N = x.size(0), g.C = x.size(1), g.H = x.size(2), g.W = x.size(3), g.OH = out_h, g.OW = out_w;
-  if (fast())
-    return run_avg(op, x, g, kernels::cpu_adaptive_avg_pool2d_forward,
-                   kernels::cpu_adaptive_avg_pool2d_backward);
-  return run_avg(op, x, g, kernels::ref_adaptive_avg_pool2d_forward,
-                 kernels::ref_adaptive_avg_pool2d_backward);
+  return run_avg(op, x, g, &Pool2dKernels::adaptive_avg_forward,
+                 &Pool2dKernels::adaptive_avg_backward);
 }
 
 } // namespace tb

@@ -21,44 +21,13 @@
 
 #include <tb/ops.h>
 
+#include "dispatch.h"
 #include "kernels/reduce.h"
 
 namespace tb {
 
 using kernels::ArgReduceOp;
-
-// ---- kernel dispatch: one point per kernel ----------------------------------------------------
-
-static void run_sum(Device dev, DType dt, const void* x, void* out, int64_t o, int64_t r,
-                    int64_t i, double scale) {
-  if (dev.is_cuda()) return kernels::cuda_reduce_sum(dt, x, out, o, r, i, scale);
-  if (cpu_kernels() == CpuKernels::Fast) return kernels::cpu_reduce_sum(dt, x, out, o, r, i, scale);
-  kernels::ref_reduce_sum(dt, x, out, o, r, i, scale);
-}
-
-static void run_arg(ArgReduceOp op, Device dev, DType dt, const void* x, void* values,
-                    int64_t* indices, int64_t o, int64_t r, int64_t i) {
-  if (dev.is_cuda()) return kernels::cuda_reduce_arg(op, dt, x, values, indices, o, r, i);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_reduce_arg(op, dt, x, values, indices, o, r, i);
-  kernels::ref_reduce_arg(op, dt, x, values, indices, o, r, i);
-}
-
-static void run_arg_backward(Device dev, DType dt, const void* dy, const int64_t* indices, void* dx,
-                             int64_t o, int64_t r, int64_t i) {
-  if (dev.is_cuda()) return kernels::cuda_reduce_arg_backward(dt, dy, indices, dx, o, r, i);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_reduce_arg_backward(dt, dy, indices, dx, o, r, i);
-  kernels::ref_reduce_arg_backward(dt, dy, indices, dx, o, r, i);
-}
-
-static void run_var(Device dev, DType dt, const void* x, void* var, void* mean, int64_t o,
-                    int64_t r, int64_t i, int64_t correction) {
-  if (dev.is_cuda()) return kernels::cuda_reduce_var(dt, x, var, mean, o, r, i, correction);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_reduce_var(dt, x, var, mean, o, r, i, correction);
-  kernels::ref_reduce_var(dt, x, var, mean, o, r, i, correction);
-}
+using kernels::ReduceKernels;
 
 // ---- geometry ------------------------------------------------------------------------------------
 
@@ -212,7 +181,8 @@ static Tensor sum_forward(const char* op, const Tensor& x, const Shape& dims, bo
   Reduction p = plan_reduction(op, as_dtype(x.detach(), cdt), dims);
   ReduceOut r = make_output(p, keepdim, TensorOptions(cdt, x.device()));
   double scale = mean ? 1.0 / (double)p.reduce : 1.0;
-  run_sum(x.device(), cdt, p.x.raw_data(), r.buf.raw_data(), p.outer, p.reduce, p.inner, scale);
+  kernel(&ReduceKernels::sum, op, x.device(), cdt)(cdt, p.x.raw_data(), r.buf.raw_data(), p.outer,
+                                                   p.reduce, p.inner, scale);
   *plan_out = p;
   return as_dtype(r.out, rdt);
 }
@@ -258,8 +228,9 @@ Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim)
   Reduction p = plan_reduction(op, as_dtype(x.detach(), cdt), dims);
   ReduceOut v = make_output(p, keepdim, TensorOptions(cdt, x.device()));
   ReduceOut m = make_output(p, true, TensorOptions(cdt, x.device()));
-  run_var(x.device(), cdt, p.x.raw_data(), v.buf.raw_data(), m.buf.raw_data(), p.outer, p.reduce,
-          p.inner, correction);
+  kernel(&ReduceKernels::var, op, x.device(), cdt)(cdt, p.x.raw_data(), v.buf.raw_data(),
+                                                   m.buf.raw_data(), p.outer, p.reduce, p.inner,
+                                                   correction);
   Tensor out = as_dtype(v.out, x.dtype());
   if (auto node = make_node("var", {x})) {
     SavedTensor sx(x);
@@ -299,8 +270,9 @@ static ValuesIndices arg_forward(const char* op, ArgReduceOp kind, const Tensor&
   ReduceOut idx = make_output(p, keepdim, TensorOptions(kInt64, x.device()));
   ReduceOut val;
   if (want_values) val = make_output(p, keepdim, TensorOptions(cdt, x.device()));
-  run_arg(kind, x.device(), cdt, p.x.raw_data(), want_values ? val.buf.raw_data() : nullptr,
-          idx.buf.data<int64_t>(), p.outer, p.reduce, p.inner);
+  kernel(&ReduceKernels::arg, op, x.device(), cdt)(
+      kind, cdt, p.x.raw_data(), want_values ? val.buf.raw_data() : nullptr,
+      idx.buf.data<int64_t>(), p.outer, p.reduce, p.inner);
   *plan_out = p;
   ValuesIndices r;
   r.indices = idx.out;
@@ -323,13 +295,14 @@ static ValuesIndices max_min_dim(const char* op, ArgReduceOp kind, const Tensor&
     Shape xs = x.shape(), x_strides = p.x.strides();
     DType xdt = x.dtype();
     p.x = Tensor();
-    node->backward = [p, idx_keep, xs, x_strides, xdt, keepdim](
+    node->backward = [op, p, idx_keep, xs, x_strides, xdt, keepdim](
                          const std::vector<Tensor>& g) -> std::vector<Tensor> {
       DType cdt = arg_compute_dtype(xdt);
       Tensor gk = grad_in_keep_layout(p, as_dtype(g[0], cdt), keepdim);
       Tensor dx = empty_strided(xs, x_strides, TensorOptions(cdt, g[0].device()));
-      run_arg_backward(g[0].device(), cdt, gk.raw_data(), idx_keep.data<int64_t>(), dx.raw_data(),
-                       p.outer, p.reduce, p.inner);
+      kernel(&ReduceKernels::arg_backward, op, g[0].device(), cdt)(
+          cdt, gk.raw_data(), idx_keep.data<int64_t>(), dx.raw_data(), p.outer, p.reduce,
+          p.inner);
       return {as_dtype(dx, xdt)};
     };
     attach_outputs(node, {r.values});
@@ -362,7 +335,8 @@ static Tensor max_min_all(const char* op, ArgReduceOp kind, const Tensor& x) {
   DType cdt = arg_compute_dtype(x.dtype());
   Tensor xc = as_dtype(x.detach(), cdt).contiguous();
   Tensor val = empty({}, TensorOptions(cdt, x.device()));
-  run_arg(kind, x.device(), cdt, xc.raw_data(), val.raw_data(), nullptr, 1, x.numel(), 1);
+  kernel(&ReduceKernels::arg, op, x.device(), cdt)(kind, cdt, xc.raw_data(), val.raw_data(),
+                                                   nullptr, 1, x.numel(), 1);
   Tensor out = as_dtype(val, x.dtype());
   if (!is_floating(x.dtype())) return out;
   if (auto node = make_node(op, {x})) {

@@ -9,30 +9,17 @@
 
 #include <tb/ops.h>
 
-#include "kernels/copy.h"
-
 namespace tb {
 
 constexpr int64_t kParallelMinBytes = 1 << 18;
 
-// dst[...] = src[...] for same-shape tensors on one device (any strides; dtype converted).
-static void copy_into(const char* op, const Tensor& dst, const Tensor& src) {
-  TB_CHECK(dst.dim() <= kernels::kMaxDims, "{}: at most {} dims are supported, got shape {}", op,
-           kernels::kMaxDims, shape_str(dst.shape()));
-  kernels::StridedLayout sl, dl;
-  sl.ndim = dl.ndim = (int)dst.dim();
-  for (int k = 0; k < sl.ndim; k++) {
-    sl.sizes[k] = dl.sizes[k] = dst.size(k);
-    sl.strides[k] = src.stride(k);
-    dl.strides[k] = dst.stride(k);
-  }
-  if (dst.device().is_cuda())
-    kernels::cuda_copy_strided(src.dtype(), src.raw_data(), sl, dst.dtype(), dst.raw_data(), dl);
-  else if (cpu_kernels() == CpuKernels::Fast)
-    kernels::cpu_copy_strided(src.dtype(), src.raw_data(), sl, dst.dtype(), dst.raw_data(), dl);
-  else
-    kernels::ref_copy_strided(src.dtype(), src.raw_data(), sl, dst.dtype(), dst.raw_data(), dl);
-}
+namespace detail {
+// Defined in src/ops/copy.cpp: dst[...] = src[...] for same-shape tensors on one device (any
+// strides; dtype converted) through the strided-copy kernel.
+void copy_same_device(const char* op, const Tensor& dst, const Tensor& src);
+} // namespace detail
+
+using detail::copy_same_device;
 
 static Tensor as_dtype(const Tensor& t, DType d) { return t.dtype() == d ? t : t.to(d); }
 
@@ -85,7 +72,7 @@ Tensor cat(const std::vector<Tensor>& ts, int64_t dim) {
     if (legacy_empty(ts[i]) && !legacy_empty(ref)) continue;
     offsets[i] = off;
     sizes[i] = ts[i].size(d);
-    if (sizes[i] > 0) copy_into("cat", out.narrow(d, off, sizes[i]), ts[i].detach());
+    if (sizes[i] > 0) copy_same_device("cat", out.narrow(d, off, sizes[i]), ts[i].detach());
     off += sizes[i];
   }
   if (auto node = make_node("cat", ts)) {
@@ -215,7 +202,7 @@ static Tensor index_select_forward(const Tensor& x, int64_t d, const std::vector
   Tensor out = empty(shape, TensorOptions(x.dtype(), x.device()));
   if (x.device().is_cuda()) { // one strided copy per index
     for (size_t j = 0; j < idx.size(); j++)
-      copy_into("index_select", out.narrow(d, (int64_t)j, 1), x.narrow(d, idx[j], 1));
+      copy_same_device("index_select", out.narrow(d, (int64_t)j, 1), x.narrow(d, idx[j], 1));
     return out;
   }
   Tensor xc = x.contiguous();
@@ -322,7 +309,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
     TB_CHECK(k == d || index.size(k) <= x.size(k),
              "gather: index shape {} exceeds input shape {} in dim {}", shape_str(index.shape()),
              shape_str(x.shape()), k);
-  TB_CHECK(x.device().is_cpu(), "gather: no kernel for device {} (dtype {})", x.device(),
+  TB_CHECK(x.device().is_cpu(), "gather: no CUDA kernel yet (device {}, dtype {})", x.device(),
            x.dtype());
   Tensor ic = index.contiguous();
   read_index("gather", ic, x.size(d), d, x); // bounds check before any read
@@ -385,7 +372,7 @@ static Tensor pad_constant(const Tensor& x, const std::vector<int64_t>& pads, do
     src = src.narrow(k, std::max<int64_t>(0, -l), len);
     dst = dst.narrow(k, std::max<int64_t>(0, l), len);
   }
-  if (!empty_window && src.numel() > 0) copy_into("pad", dst, src);
+  if (!empty_window && src.numel() > 0) copy_same_device("pad", dst, src);
   if (auto node = make_node("pad", {x})) {
     std::vector<int64_t> neg_pads;
     for (int64_t v : pads) neg_pads.push_back(-v);

@@ -9,27 +9,12 @@
 // tensor whose grad_fn it is).
 #include <tb/ops.h>
 
+#include "dispatch.h"
 #include "kernels/softmax.h"
 
 namespace tb {
 
-// ---- kernel dispatch: one point per kernel ----------------------------------------------------
-
-static void run_softmax(Device dev, DType dt, bool log, const void* x, void* y, int64_t outer,
-                        int64_t n, int64_t inner) {
-  if (dev.is_cuda()) return kernels::cuda_softmax_forward(dt, log, x, y, outer, n, inner);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_softmax_forward(dt, log, x, y, outer, n, inner);
-  kernels::ref_softmax_forward(dt, log, x, y, outer, n, inner);
-}
-
-static void run_softmax_backward(Device dev, DType dt, bool log, const void* y, const void* dy,
-                                 void* dx, int64_t outer, int64_t n, int64_t inner) {
-  if (dev.is_cuda()) return kernels::cuda_softmax_backward(dt, log, y, dy, dx, outer, n, inner);
-  if (cpu_kernels() == CpuKernels::Fast)
-    return kernels::cpu_softmax_backward(dt, log, y, dy, dx, outer, n, inner);
-  kernels::ref_softmax_backward(dt, log, y, dy, dx, outer, n, inner);
-}
+using kernels::SoftmaxKernels;
 
 static Tensor as_dtype(const Tensor& t, DType d) { return t.dtype() == d ? t : t.to(d); }
 
@@ -43,7 +28,8 @@ static Tensor softmax_common(const char* op, bool log, const Tensor& x, int64_t 
   DType cdt = x.dtype() == kFloat64 ? kFloat64 : kFloat32;
   Tensor xc = as_dtype(x.detach(), cdt).contiguous();
   Tensor y = empty(x.shape(), TensorOptions(cdt, x.device()));
-  run_softmax(x.device(), cdt, log, xc.raw_data(), y.raw_data(), outer, n, inner);
+  kernel(&SoftmaxKernels::forward, op, x.device(), cdt)(cdt, log, xc.raw_data(), y.raw_data(),
+                                                        outer, n, inner);
   Tensor out = as_dtype(y, x.dtype());
 
   if (auto node = make_node(op, {x})) {
@@ -54,8 +40,8 @@ static Tensor softmax_common(const char* op, bool log, const Tensor& x, int64_t 
       Tensor yv = sy.unpack(op);
       Tensor dy = as_dtype(g[0], yv.dtype()).contiguous();
       Tensor dx = empty(yv.shape(), TensorOptions(yv.dtype(), yv.device()));
-      run_softmax_backward(yv.device(), yv.dtype(), log, yv.raw_data(), dy.raw_data(),
-                           dx.raw_data(), outer, n, inner);
+      kernel(&SoftmaxKernels::backward, op, yv.device(), yv.dtype())(
+          yv.dtype(), log, yv.raw_data(), dy.raw_data(), dx.raw_data(), outer, n, inner);
       return {as_dtype(dx, xdt)};
     };
     attach_outputs(node, {out});
