@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST example on a small subset: (1) the same seed gives the same losses twice;
 # (2) a run stopped after epoch 1 and resumed gives the same losses as an uninterrupted run;
-# (3) an output folder that cannot be written fails before training starts.
+# (3) an output folder that cannot be written fails before training starts; (4) a bad flag value
+# fails at once with a message naming the flag and what it accepts; --help lists every flag.
 # Exit 77 (meson: skipped) when the data set is not installed.
 set -euo pipefail
 exe=$1
@@ -44,5 +45,30 @@ grep -q "training stopped.*step" "$tmp/nan.log" || { echo "FAIL: no step in the 
 grep -q "final test accuracy" "$tmp/zoo.log" || { echo "FAIL: --model run"; cat "$tmp/zoo.log"; exit 1; }
 if "$exe" --model no_such_net --out "$tmp/x" >"$tmp/bad.log" 2>&1; then echo "FAIL: unknown model accepted"; exit 1; fi
 grep -q "no_such_net" "$tmp/bad.log" || { echo "FAIL: message does not name the model"; cat "$tmp/bad.log"; exit 1; }
-echo "example_resume: same seed -> same losses; resume after epoch 1 -> same losses; bad output folder refused; zoo model trains"
+# bad flag values: non-zero exit, a message naming the flag and what it accepts
+refuse() { # refuse FLAG ARGS...: running with ARGS must fail, and the message must name FLAG
+  local flag=$1; shift
+  if "$exe" "$@" --out "$tmp/bad" >"$tmp/flag.log" 2>&1; then echo "FAIL: $* was accepted"; exit 1; fi
+  grep -q -- "$flag.*accepts" "$tmp/flag.log" ||
+    { echo "FAIL: $*: the message does not name $flag and what it accepts"; cat "$tmp/flag.log"; exit 1; }
+}
+refuse --epochs --epochs abc
+refuse --epochs --epochs 0
+refuse --threads --threads -3
+refuse --lr --lr -1
+refuse --on-nonfinite --on-nonfinite maybe
+refuse --model --model no_such_net
+refuse --seed --out "$tmp/bad" --seed
+refuse --batch-size --batch-size 5000 --limit-train 1000 --limit-test 100 --epochs 1
+if "$exe" --bogus >"$tmp/flag.log" 2>&1; then echo "FAIL: an unknown flag was accepted"; exit 1; fi
+grep -q -- "--bogus" "$tmp/flag.log" || { echo "FAIL: unknown flag not named"; cat "$tmp/flag.log"; exit 1; }
+[[ ! -e $tmp/bad/metrics.csv ]] || { echo "FAIL: a run with a bad flag trained"; exit 1; }
+# --help: exit 0, every flag listed with its default
+"$exe" --help >"$tmp/help.log" || { echo "FAIL: --help exited non-zero"; exit 1; }
+for f in --epochs --batch-size --lr --momentum --weight-decay --seed --data --out --threads --workers \
+         --resume --limit-train --limit-test --stop-after --on-nonfinite --model; do
+  grep -q -- "$f" "$tmp/help.log" || { echo "FAIL: --help does not list $f"; cat "$tmp/help.log"; exit 1; }
+done
+grep -q "(default 64)" "$tmp/help.log" || { echo "FAIL: --help shows no defaults"; exit 1; }
+echo "example_resume: same seed -> same losses; resume after epoch 1 -> same losses; bad output folder refused; zoo model trains; bad flags refused; --help"
 cat "$tmp/a/metrics.csv"

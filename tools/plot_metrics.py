@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Draws the training curves of a metrics.json written by examples/train_fashion_mnist.
+"""Draws the training curves of a metrics.json written by tb::experiment::MetricsLog
+(examples/train_fashion_mnist).
 
 usage: tools/plot_metrics.py METRICS_JSON OUT_PNG
-Left: train and test loss per epoch; right: train and test accuracy (%).
+Left: train and test loss per epoch; middle: train and test accuracy (%) per epoch; right: the
+training loss of every step (faint) and its running mean over about 2% of the steps.
 """
 import json
+import os
 import sys
 
 import matplotlib
@@ -13,32 +16,51 @@ matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt
 
 
+def running_mean(values, window):
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     with open(sys.argv[1]) as f:
-        epochs = json.load(f)["epochs"]
+        metrics = json.load(f)
+    epochs = metrics["epochs"]
+    steps = [s for s in metrics.get("steps", []) if s["loss"] is not None]  # null: NaN/Inf
+    fig, (ax_loss, ax_acc, ax_step) = plt.subplots(1, 3, figsize=(15, 4))
     x = [e["epoch"] for e in epochs]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(x, [e["train_loss"] for e in epochs], "o-", label="train")
-    ax_loss.plot(x, [e["test_loss"] for e in epochs], "s-", label="test")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy loss")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
-    ax_acc.plot(x, [100 * e["train_acc"] for e in epochs], "o-", label="train")
-    ax_acc.plot(x, [100 * e["test_acc"] for e in epochs], "s-", label="test")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy (%)")
-    ax_acc.legend()
-    ax_acc.grid(alpha=0.3)
-    for ax in (ax_loss, ax_acc):
+    for ax, key, scale, label in ((ax_loss, "loss", 1, "cross-entropy loss"),
+                                  (ax_acc, "acc", 100, "accuracy (%)")):
+        for split, marker in (("train", "o-"), ("test", "s-")):
+            ax.plot(x, [scale * e[f"{split}_{key}"] for e in epochs], marker, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
         ax.set_xticks(x)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    if steps:
+        sx = [s["step"] for s in steps]
+        sy = [s["loss"] for s in steps]
+        window = len(sy) // 50  # the running mean only once there are enough steps to smooth
+        ax_step.plot(sx, sy, color="tab:blue", alpha=0.25 if window > 1 else 1, linewidth=0.8,
+                     label="step")
+        if window > 1:
+            ax_step.plot(sx, running_mean(sy, window), color="tab:blue",
+                         label=f"mean of {window} steps")
+        ax_step.legend()
+    ax_step.set_xlabel("step")
+    ax_step.set_ylabel("training loss")
+    ax_step.grid(alpha=0.3)
     fig.suptitle("tensorbrain: Fashion-MNIST CNN")
     fig.tight_layout()
     tmp = sys.argv[2] + ".tmp.png"
     fig.savefig(tmp, dpi=100)
-    import os
     os.replace(tmp, sys.argv[2])  # atomic: a reader never sees half a PNG
 
 

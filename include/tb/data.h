@@ -71,6 +71,24 @@ class TensorDataset : public Dataset {
   std::vector<int64_t> targets_;
 };
 
+// The samples of `dataset` at `indices`, in that order (torch.utils.data.Subset): sample i is
+// dataset->get(indices[i]). Indices must be in range (tb::Error naming the first bad one). A run of
+// consecutive indices over a uint8 image set keeps the DataLoader's fast path.
+//   auto small = tb::data::Subset::first(train_set, 1000); // the first 1000 samples (or all)
+class Subset : public Dataset {
+ public:
+  Subset(std::shared_ptr<const Dataset> dataset, std::vector<int64_t> indices);
+  // Samples 0 .. min(n, dataset->size()) - 1.
+  static std::shared_ptr<Subset> first(std::shared_ptr<const Dataset> dataset, int64_t n);
+  int64_t size() const override { return (int64_t)indices_.size(); }
+  Example get(int64_t index) const override;
+  std::optional<UInt8Images> uint8_images() const override;
+
+ private:
+  std::shared_ptr<const Dataset> dataset_;
+  std::vector<int64_t> indices_;
+};
+
 // MNIST-format (IDX) images + labels: an images file (magic 0x00000803, uint8 [N, R, C]) and a
 // labels file (magic 0x00000801, uint8 [N]), plain or gzip-compressed (detected from the bytes).
 // Samples are uint8 [R, C].
