@@ -110,4 +110,20 @@ inline std::string fixture(const std::string& name) {
   return std::string(TB_SOURCE_DIR) + "/tests/fixtures/" + name;
 }
 
+// A small CNN for module tests: "features" = (Conv2d 2->4 3x3 padding 1, BatchNorm2d, ReLU),
+// "flatten", "classifier" = Linear(4*3*3 -> 5); takes [N, 2, 3, 3].
+inline std::shared_ptr<tb::nn::Sequential> small_net() {
+  using namespace tb::nn;
+  auto features = std::make_shared<Sequential>();
+  features->push_back(std::make_shared<Conv2d>(
+      Conv2dOptions{.in_channels = 2, .out_channels = 4, .kernel_size = 3, .padding = 1}));
+  features->push_back(std::make_shared<BatchNorm2d>(4));
+  features->push_back(std::make_shared<ReLU>());
+  auto net = std::make_shared<Sequential>();
+  net->push_back("features", features);
+  net->push_back("flatten", std::make_shared<Flatten>());
+  net->push_back("classifier", std::make_shared<Linear>(4 * 3 * 3, 5));
+  return net;
+}
+
 } // namespace tbtest

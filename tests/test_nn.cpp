@@ -8,6 +8,7 @@
 
 using namespace tb;
 using tbtest::check_error;
+using tbtest::small_net;
 
 namespace {
 
@@ -21,19 +22,6 @@ double max_abs(const Tensor& t) {
   double m = 0;
   for (double v : t.to_vector()) m = std::max(m, std::abs(v));
   return m;
-}
-
-// A small CNN: features = (Conv2d, BatchNorm2d, ReLU), then Flatten and a classifier.
-std::shared_ptr<nn::Sequential> small_net() {
-  auto features = std::make_shared<nn::Sequential>();
-  features->push_back(std::make_shared<nn::Conv2d>(nn::Conv2dOptions{.in_channels = 2, .out_channels = 4, .kernel_size = 3, .padding = 1}));
-  features->push_back(std::make_shared<nn::BatchNorm2d>(4));
-  features->push_back(std::make_shared<nn::ReLU>());
-  auto net = std::make_shared<nn::Sequential>();
-  net->push_back("features", features);
-  net->push_back("flatten", std::make_shared<nn::Flatten>());
-  net->push_back("classifier", std::make_shared<nn::Linear>(4 * 3 * 3, 5));
-  return net;
 }
 
 } // namespace

@@ -7,24 +7,11 @@
 
 using namespace tb;
 using tbtest::check_error;
+using tbtest::small_net;
 
 namespace {
 
 std::vector<std::string> keys_of(const StateDict& d) { return d.keys(); }
-
-// features = (Conv2d 2->4, BatchNorm2d, ReLU), flatten, classifier Linear(36 -> 5).
-std::shared_ptr<nn::Sequential> small_net() {
-  auto features = std::make_shared<nn::Sequential>();
-  features->push_back(std::make_shared<nn::Conv2d>(
-      nn::Conv2dOptions{.in_channels = 2, .out_channels = 4, .kernel_size = 3, .padding = 1}));
-  features->push_back(std::make_shared<nn::BatchNorm2d>(4));
-  features->push_back(std::make_shared<nn::ReLU>());
-  auto net = std::make_shared<nn::Sequential>();
-  net->push_back("features", features);
-  net->push_back("flatten", std::make_shared<nn::Flatten>());
-  net->push_back("classifier", std::make_shared<nn::Linear>(4 * 3 * 3, 5));
-  return net;
-}
 
 bool same_values(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && a.to_vector() == b.to_vector();
