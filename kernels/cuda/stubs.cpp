@@ -14,10 +14,12 @@
 #include "kernels/copy.h"
 #include "kernels/cuda_runtime.h"
 #include "kernels/elementwise.h"
+#include "kernels/fake_quant.h"
 #include "kernels/matmul.h"
 #include "kernels/pool.h"
 #include "kernels/reduce.h"
 #include "kernels/softmax.h"
+#include "kernels/sparse.h"
 
 namespace tb::kernels {
 
@@ -54,5 +56,7 @@ const SoftmaxKernels SoftmaxKernels::cuda = {};
 const Conv2dKernels Conv2dKernels::cuda = {};
 const Pool2dKernels Pool2dKernels::cuda = {};
 const BatchNormKernels BatchNormKernels::cuda = {};
+const FakeQuantKernels FakeQuantKernels::cuda = {};
+const SparseKernels SparseKernels::cuda = {};
 
 } // namespace tb::kernels
