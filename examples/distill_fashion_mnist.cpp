@@ -155,10 +155,7 @@ static std::vector<kd::FeaturePair> feature_pairs(const std::string& student) {
 
 // ---- 2. One training run ------------------------------------------------------------------------
 
-struct Data {
-  std::shared_ptr<const tb::data::Dataset> train, test;
-  tb::data::Transform transform;
-};
+using Data = ex::FashionMNISTData; // training and test sets, and their transform
 
 struct Run {
   std::string model;       // "cnn" (the teacher), "cnn8_16", "mobilenet_v2_x0_5"
@@ -308,13 +305,8 @@ static int run(const Options& o) {
                                  .alpha_weights = o.alpha_weights};
   kd::DistillationLoss check(recipe); // bad settings fail now, not after the teacher
 
-  std::string root = o.data.empty() ? tb::data::default_fashion_mnist_root() : o.data;
-  Data d{std::make_shared<tb::data::FashionMNIST>(root, true),
-         std::make_shared<tb::data::FashionMNIST>(root, false),
-         tb::data::Compose({tb::data::ToTensor(), tb::data::Normalize({0.2860}, {0.3530})})};
-  if (o.limit_train > 0) d.train = tb::data::Subset::first(d.train, o.limit_train);
-  if (o.limit_test > 0) d.test = tb::data::Subset::first(d.test, o.limit_test);
-  ex::check_batch_size(o.batch_size, d.train->size());
+  Data d = ex::load_fashion_mnist({.root = o.data, .limit_train = o.limit_train,
+                                    .limit_test = o.limit_test, .batch_size = o.batch_size});
   LogitCaches caches;
 
   // The teacher: loaded, or trained with the main job's recipe (seed 0).

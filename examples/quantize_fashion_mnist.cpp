@@ -205,15 +205,9 @@ static int run(const Options& o) {
   ex::prepare_output_dir(out);
 
   // Data, as in train_fashion_mnist: uint8 images normalised with the training set's statistics.
-  std::string root = o.data.empty() ? tb::data::default_fashion_mnist_root() : o.data;
-  std::shared_ptr<const tb::data::Dataset> train_set =
-      std::make_shared<tb::data::FashionMNIST>(root, true);
-  std::shared_ptr<const tb::data::Dataset> test_set =
-      std::make_shared<tb::data::FashionMNIST>(root, false);
-  if (o.limit_train > 0) train_set = tb::data::Subset::first(train_set, o.limit_train);
-  if (o.limit_test > 0) test_set = tb::data::Subset::first(test_set, o.limit_test);
-  ex::check_batch_size(o.batch_size, train_set->size());
-  tb::data::Compose transform({tb::data::ToTensor(), tb::data::Normalize({0.2860}, {0.3530})});
+  auto [root, train_set, test_set, transform] = ex::load_fashion_mnist(
+      {.root = o.data, .limit_train = o.limit_train, .limit_test = o.limit_test,
+       .batch_size = o.batch_size});
   tb::data::DataLoader train_loader(train_set, {.batch_size = o.batch_size, .shuffle = true,
                                                 .seed = o.seed, .num_workers = o.workers,
                                                 .transform = transform});

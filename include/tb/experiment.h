@@ -121,6 +121,27 @@ CLI::Validator device_name();
 void check_batch_size(int64_t batch_size, int64_t dataset_size);
 
 // ---------------------------------------------------------------------------------------------
+// Data: Fashion-MNIST as every example uses it
+
+struct FashionMNISTOptions {
+  std::string root;                        // empty: $TB_FASHION_MNIST_DIR or Debian's folder
+  int64_t limit_train = 0, limit_test = 0; // > 0: only the first N images (quick runs, tests)
+  int64_t batch_size = 0;                  // > 0: checked against the training set's size
+};
+struct FashionMNISTData {
+  std::string root; // where the files were read
+  std::shared_ptr<const data::Dataset> train, test;
+  // uint8 [28, 28] -> float32 [1, 28, 28] in [0, 1], normalised with the training set's mean
+  // and standard deviation (0.2860, 0.3530).
+  data::Transform transform;
+};
+// The training and test sets of Debian's dataset-fashion-mnist (uint8 images in memory; the
+// DataLoader's fast path), cut to their first images when asked, and the transform. tb::Error
+// from check_batch_size for a batch larger than the (cut) training set.
+//   auto [root, train_set, test_set, transform] = ex::load_fashion_mnist({.root = o.data});
+FashionMNISTData load_fashion_mnist(const FashionMNISTOptions& o);
+
+// ---------------------------------------------------------------------------------------------
 // Seeding
 
 // Seeds everything random in a run: tb's default generator (weight initialisation, dropout,
