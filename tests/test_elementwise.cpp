@@ -343,13 +343,21 @@ TEST_CASE("layouts: channels-last and permuted inputs keep their layout; others 
   CHECK(max_abs_diff(s, add(x.contiguous(), y.contiguous())) == 0);
   CHECK(mul(x, 2.0).is_channels_last()); // a 1-element operand walks with step 0
   CHECK(gelu(x).is_channels_last());
-  // mixed layouts: values right, output contiguous
+  // mixed layouts: values right, the output follows the first full-shape dense operand
   Tensor m = add(x, y.contiguous());
-  CHECK(m.is_contiguous());
+  CHECK(m.is_channels_last());
   CHECK(max_abs_diff(m, s) == 0);
+  Tensor mc = add(x.contiguous(), y);
+  CHECK(mc.is_contiguous());
+  CHECK(max_abs_diff(mc, s) == 0);
+  // a per-channel factor broadcast against a channels-last activation keeps channels-last
   Tensor bias = randn({3, 1, 1}, kFloat32, &g);
   Tensor xb = add(x, bias);
+  CHECK(xb.is_channels_last());
   CHECK(max_abs_diff(xb, add(x.contiguous(), bias)) == 0);
+  Tensor bx = mul(bias, x);
+  CHECK(bx.is_channels_last());
+  CHECK(max_abs_diff(bx, mul(bias, x.contiguous())) == 0);
   // non-dense input (a transposed slice) -> correct values
   Tensor base = randn({6, 5}, kFloat64, &g);
   Tensor t = base.t().narrow(0, 1, 3);

@@ -5,8 +5,9 @@
 //   - inputs with the output's shape, identical strides and a dense layout are passed as they are,
 //     and the output gets those strides (channels-last activations stay channels-last);
 //   - a 1-element input is passed with step 0;
-//   - anything else is expanded to the output shape and materialised contiguous, and the output
-//     is contiguous.
+//   - anything else is expanded to the output shape and materialised in the layout of the first
+//     dense full-shape input (contiguous when there is none), which the output gets too; so a
+//     per-channel factor [1, C, 1, 1] times a channels-last activation stays channels-last.
 // Dtypes: the result dtype is promote_types(a, b) (div: float32 for integer inputs, true division).
 // Kernels compute in float32/float64/int32/int64; float16/bfloat16 compute in float32 and int8/
 // uint8/bool in int32, and the result is converted back.
@@ -49,24 +50,26 @@ struct FlatOperands {
 };
 
 static FlatOperands flat_operands(const Shape& shape, const std::vector<Tensor>& xs) {
-  FlatOperands f{xs, std::vector<int64_t>(xs.size(), 1), contiguous_strides(shape)};
+  // The layout of the output: that of the first dense operand of the full shape, else contiguous.
   const Tensor* lead = nullptr;
-  bool flat = true;
+  for (const Tensor& x : xs)
+    if (x.numel() != 1 && x.shape() == shape && is_dense(x)) {
+      lead = &x;
+      break;
+    }
+  FlatOperands f{xs, std::vector<int64_t>(xs.size(), 1),
+                 lead ? lead->strides() : contiguous_strides(shape)};
   for (size_t i = 0; i < xs.size(); i++) {
     if (xs[i].numel() == 1) {
       f.steps[i] = 0;
-      continue;
+    } else if (xs[i].shape() != shape || xs[i].strides() != f.out_strides) {
+      // Broadcast or laid out differently: materialised in the output's layout (a per-channel
+      // [1, C, 1, 1] factor against a channels-last activation copies the factor, not the activation).
+      Tensor m = empty_strided(shape, f.out_strides, TensorOptions(xs[i].dtype(), xs[i].device()));
+      m.copy_(xs[i].expand(shape));
+      f.xs[i] = m;
     }
-    if (xs[i].shape() != shape || !is_dense(xs[i]) || (lead && xs[i].strides() != lead->strides()))
-      flat = false;
-    if (!lead) lead = &xs[i];
   }
-  if (flat) {
-    if (lead) f.out_strides = lead->strides();
-    return f;
-  }
-  for (size_t i = 0; i < xs.size(); i++)
-    if (f.steps[i] != 0) f.xs[i] = xs[i].expand(shape).contiguous();
   return f;
 }
 
