@@ -6,21 +6,31 @@
 //   3. training: SGD with momentum and weight decay, a warm-up + cosine learning-rate schedule;
 //   4. evaluation on the test set after every epoch;
 //   5. bookkeeping, from <tb/experiment.h>: flags, a progress bar, a checkpoint (model, optimizer
-//      and schedule) that --resume continues from exactly, metrics as CSV and JSON, a PNG plot.
+//      and schedule) that --resume continues from exactly, metrics as CSV and JSON, a PNG plot;
+//   6. optionally mixed precision (<tb/amp.h>): --amp bf16 runs conv and linear in bfloat16 under
+//      autocast; --amp fp16 in float16 with a GradScaler (docs/mixed_precision.md).
 //
 //   build/examples/train_fashion_mnist --epochs 3 --out runs/fmnist
+//   build/examples/train_fashion_mnist --amp bf16 --epochs 3 --out runs/fmnist_bf16
 //   build/examples/train_fashion_mnist --help
 #include <tb/tb.h>
+#include <tb/amp.h>
 #include <tb/data.h>
 #include <tb/experiment.h>
 #include <tb/models.h>
 
 #include <cstdio>
+#include <optional>
 
 namespace ex = tb::experiment;
 namespace fs = std::filesystem;
 
 // ---- 0. Flags -----------------------------------------------------------------------------------
+
+// Mixed precision: none (float32), bf16 (autocast to bfloat16), fp16 (float16 + loss scaling).
+enum class Amp { none, bf16, fp16 };
+static const std::vector<std::pair<std::string, Amp>> kAmp = {
+    {"none", Amp::none}, {"bf16", Amp::bf16}, {"fp16", Amp::fp16}};
 
 struct Options {
   int epochs = 3;
@@ -36,6 +46,8 @@ struct Options {
   int stop_after = 0;               // stop after this many epochs, as if interrupted (tests)
   ex::OnNonFinite on_nonfinite = ex::OnNonFinite::stop;
   std::string model = "cnn";        // "cnn" (below) or a zoo model (small-input variant)
+  Amp amp = Amp::none;
+  int64_t max_steps = 0;            // stop each epoch after N steps (0: all); speed measurements
 };
 
 static void add_flags(CLI::App& app, Options& o) {
@@ -66,6 +78,10 @@ static void add_flags(CLI::App& app, Options& o) {
       ->default_str("stop");
   app.add_option("--model", o.model, "cnn (below) or a zoo model, small-input variant")
       ->check(ex::one_of(models));
+  app.add_option("--amp", o.amp, "mixed precision: none, bf16 (autocast to bfloat16) or fp16 "
+                 "(float16 with a GradScaler)")->transform(ex::one_of(kAmp))->default_str("none");
+  app.add_option("--max-steps", o.max_steps, "train at most N steps per epoch, 0 for all (speed "
+                 "measurements)")->check(ex::at_least<int64_t>(0));
 }
 
 // ---- 1. The model -------------------------------------------------------------------------------
@@ -125,30 +141,69 @@ static int train(const Options& o) {
   int64_t total_steps = std::max(steps_per_epoch * o.epochs, warmup + 1);
   auto sched = tb::optim::warmup_cosine(opt, warmup, total_steps);
 
-  // Resume: model, optimizer and schedule state, the epoch reached and the metrics so far.
+  // Mixed precision: autocast around the forward pass and the loss; float16 also scales the loss
+  // so small gradients do not underflow (the scaler skips steps whose gradients overflowed).
+  // The master weights, the optimizer and the evaluation stay float32.
+  std::string amp_name = o.amp == Amp::none ? "none" : o.amp == Amp::bf16 ? "bf16" : "fp16";
+  tb::amp::GradScaler scaler({.enabled = o.amp == Amp::fp16});
+  auto autocast = [&](std::optional<tb::amp::autocast>& guard) {
+    if (o.amp != Amp::none)
+      guard.emplace(tb::amp::AutocastOptions{.dtype = o.amp == Amp::bf16 ? tb::kBFloat16
+                                                                         : tb::kFloat16});
+  };
+
+  // Resume: model, optimizer and schedule state, the epoch reached and the metrics so far (and
+  // the loss scale, kept in the checkpoint's metadata).
   ex::TrainState state{.model = *net, .optimizer = &opt, .scheduler = sched.get()};
-  ex::Checkpoint run{.metadata = {{"model", o.model}}};
+  ex::Checkpoint run{.metadata = {{"model", o.model}, {"amp", amp_name}}};
   if (o.resume) {
-    run = ex::load_checkpoint(ckpt_path, state, {{"model", o.model}});
+    run = ex::load_checkpoint(ckpt_path, state, {{"model", o.model}, {"amp", amp_name}});
+    if (scaler.is_enabled() && run.metadata.count("amp.scale"))
+      scaler.load_state_dict(
+          {{"scale", tb::full({}, std::stod(run.metadata.at("amp.scale")))},
+           {"growth_factor", tb::full({}, scaler.options().growth_factor, tb::kFloat64)},
+           {"backoff_factor", tb::full({}, scaler.options().backoff_factor, tb::kFloat64)},
+           {"growth_interval", tb::full({}, (double)scaler.options().growth_interval, tb::kInt64)},
+           {"_growth_tracker",
+            tb::full({}, std::stod(run.metadata.at("amp.growth_tracker")), tb::kInt64)}});
     std::printf("resumed from %s after epoch %d\n", ckpt_path.c_str(), run.epoch);
   }
 
-  std::printf("Fashion-MNIST: %lld train / %lld test images from %s; %lld parameters; %d threads\n",
-              (long long)train_set->size(), (long long)test_set->size(), root.c_str(),
-              (long long)net->num_parameters(), tb::get_num_threads());
+  std::printf("Fashion-MNIST: %lld train / %lld test images from %s; %lld parameters; %d threads; "
+              "amp %s\n", (long long)train_set->size(), (long long)test_set->size(), root.c_str(),
+              (long long)net->num_parameters(), tb::get_num_threads(), amp_name.c_str());
 
   for (int epoch = run.epoch; epoch < o.epochs; epoch++) {
     train_loader.set_epoch(epoch); // the shuffle depends on (seed, epoch) only: resumable
     ex::Progress progress({.total = steps_per_epoch,
                            .label = fmt::format("epoch {}/{}", epoch + 1, o.epochs)});
     ex::Meter train; // running loss and accuracy of this epoch
-    int64_t step = 0;
+    int64_t step = 0, skipped = 0;
     for (const auto& b : train_loader) {
-      tb::Tensor logits = (*net)(b.inputs);
-      tb::Tensor loss = tb::cross_entropy(logits, b.targets);
+      if (o.max_steps > 0 && step >= o.max_steps) break;
+      tb::Tensor logits, loss;
+      {
+        std::optional<tb::amp::autocast> guard;
+        autocast(guard);
+        logits = (*net)(b.inputs);
+        loss = tb::cross_entropy(logits, b.targets); // float32 under autocast too
+      }
+      logits = logits.detach().to(tb::kFloat32);
       opt.zero_grad();
-      // backward, unless the loss is NaN/Inf; then (or for a NaN/Inf gradient) stop or skip.
-      if (ex::checked_backward(loss, *net, o.on_nonfinite, epoch + 1, step)) {
+      if (scaler.is_enabled()) { // fp16: scaled backward; an overflow skips the step
+        scaler.scale(loss).backward();
+        double lr = opt.lr(), loss_value = loss.item();
+        if (scaler.step(opt)) {
+          train.add(loss_value * b.targets.numel(), logits, b.targets);
+          int64_t global_step = epoch * steps_per_epoch + step + 1;
+          run.metrics.steps.push_back({global_step, epoch + 1, loss_value, lr});
+          progress.update(step + 1, train);
+        } else {
+          skipped++;
+        }
+        scaler.update();
+      } else if (ex::checked_backward(loss, *net, o.on_nonfinite, epoch + 1, step)) {
+        // backward, unless the loss is NaN/Inf; then (or for a NaN/Inf gradient) stop or skip.
         double lr = opt.lr(), loss_value = loss.item();
         opt.step();
         train.add(loss_value * b.targets.numel(), logits, b.targets);
@@ -165,6 +220,9 @@ static int train(const Options& o) {
     std::printf("epoch %d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.1f s, "
                 "%.0f img/s\n", epoch + 1, train.loss(), 100 * train.accuracy(), test.loss,
                 100 * test.accuracy, seconds, images_per_s);
+    if (scaler.is_enabled())
+      std::printf("  loss scale %g, %lld steps skipped (inf/NaN gradients)\n", scaler.get_scale(),
+                  (long long)skipped);
     run.epoch = epoch + 1;
     run.metrics.epochs.push_back(
         {epoch + 1, {{"train_loss", train.loss()}, {"train_acc", train.accuracy()},
@@ -172,6 +230,10 @@ static int train(const Options& o) {
                      {"images_per_s", images_per_s}, {"lr", opt.lr()}}});
 
     // Checkpoint and metrics, each written atomically: an interruption loses one epoch at most.
+    if (scaler.is_enabled()) {
+      run.metadata["amp.scale"] = fmt::format("{}", scaler.get_scale());
+      run.metadata["amp.growth_tracker"] = std::to_string(scaler.growth_tracker());
+    }
     ex::save_checkpoint(ckpt_path, state, run);
     run.metrics.save(out);
     if (o.stop_after > 0 && epoch + 1 >= o.stop_after && epoch + 1 < o.epochs) {

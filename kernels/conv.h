@@ -7,9 +7,14 @@
 // Activations (x, y and their gradients) are logical N×C×H×W with any strides; in practice the
 // op layer passes NCHW-contiguous or channels-last (NHWC) ones; oneDNN runs NHWC without reorders.
 // Three tables of the same kernels:
-//   Conv2dKernels::ref  — kernels/ref/conv.cpp: plain loops, the specification (float32, float64);
-//   Conv2dKernels::cpu  — kernels/cpu/conv_onednn.cpp: oneDNN for float32, primitives cached per
-//                         geometry; oneDNN has no float64, so float64 runs the reference loops;
+//   Conv2dKernels::ref  — kernels/ref/conv.cpp: plain loops, the specification (float32, float64,
+//                         bfloat16, float16; half values read exactly, double accumulation, each
+//                         output rounded once);
+//   Conv2dKernels::cpu  — kernels/cpu/conv_onednn.cpp: oneDNN for float32 and bfloat16 (float32
+//                         accumulation), primitives cached per geometry; oneDNN has no float64, so
+//                         float64 runs the reference loops; oneDNN 2.6 has no CPU float16
+//                         convolution, so float16 is converted to float32, run, rounded once;
+// Every pointer of one call has the same dtype (bias and gradients included).
 //   Conv2dKernels::cuda — not written yet: all null (kernels/cuda/stubs.cpp), so the op raises
 //                         tb::Error for CUDA tensors.
 #pragma once

@@ -6,11 +6,15 @@
 // (lda >= max(1, m)). op(B[b]) is k×n: stored k×n (ldb >= max(1, n)) or n×k when trans_b (ldb >=
 // max(1, k)). C[b] is m×n with ldc >= max(1, n). A[b] starts at a + b * stride_a (elements; 0
 // broadcasts one matrix to every batch), likewise B and C. When beta == 0, C is not read (it may
-// hold garbage or NaN), as BLAS. k == 0 gives C = beta * C. dtype float32 or float64.
+// hold garbage or NaN), as BLAS. k == 0 gives C = beta * C. dtype float32, float64, bfloat16 or
+// float16 (A, B and C all of it; half precision accumulates in float32 or wider and rounds each
+// C element once).
 // Three tables of the same kernels:
 //   MatmulKernels::ref  — kernels/ref/matmul.cpp: triple loop with double accumulation, the
 //                         specification;
-//   MatmulKernels::cpu  — kernels/cpu/matmul.cpp: OpenBLAS (OpenMP build);
+//   MatmulKernels::cpu  — kernels/cpu/matmul.cpp: OpenBLAS (OpenMP build); bfloat16 on oneDNN's
+//                         matmul (AMX here); float16 converted to float32 for OpenBLAS (oneDNN 2.6
+//                         has no CPU float16 matmul);
 //   MatmulKernels::cuda — kernels/cuda/matmul.cu: cuBLAS (column-major: compute
 //                         C^T = op(B)^T op(A)^T).
 #pragma once
@@ -29,7 +33,7 @@ struct MatmulKernels {
                int64_t stride_c, int64_t batch);
 
   // out[r, j] = row[j] for a contiguous rows×cols out: linear's bias, written before a gemm with
-  // beta = 1 so the bias is added inside the product. dtype float32 or float64.
+  // beta = 1 so the bias is added inside the product. dtype float32, float64, bfloat16, float16.
   void (*broadcast_rows)(DType dtype, const void* row, void* out, int64_t rows, int64_t cols);
 
   static const MatmulKernels ref, cpu, cuda;

@@ -18,6 +18,8 @@
 // arithmetic) must be equal.
 #include "gradcheck.h"
 
+#include <tb/quant.h>
+
 #include <functional>
 #include <set>
 #include <string>
@@ -61,6 +63,7 @@ using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
 
 const std::vector<DType> kFloats = {kFloat32, kFloat64};
 const std::vector<DType> kInts = {kInt32, kInt64};
+const std::vector<DType> kHalves = {kBFloat16, kFloat16}; // mixed-precision kernels
 
 struct OpCase {
   std::string name;
@@ -333,6 +336,85 @@ const std::vector<OpCase>& op_cases() {
       // dropout is random; p = 0 and p = 1 are not
       {"dropout p=0", {x({4, 5})}, [](auto& v) { return dropout(v[0], 0.0, true); }},
       {"dropout p=1", {x({4, 5})}, [](auto& v) { return dropout(v[0], 1.0, true); }},
+      // fake quantization (tb::quant; kernels/fake_quant.h): values on both sides of the clamp,
+      // ties of round-half-to-even, NaN; the straight-through gradient is compared too
+      {"fake_quantize per tensor uint8", {x({6, 37}, 3.0)},
+       [](auto& v) { return quant::fake_quantize_per_tensor_affine(v[0], 0.05, 60, 0, 255); }},
+      {"fake_quantize per tensor ties", {halves({6, 37})},
+       [](auto& v) { return quant::fake_quantize_per_tensor_affine(v[0], 0.5, 3, -8, 7); }},
+      {"fake_quantize per tensor NaN", {nan({5, 9})},
+       [](auto& v) { return quant::fake_quantize_per_tensor_affine(v[0], 0.1, 0, -128, 127); }},
+      {"fake_quantize per channel axis 1, channels-last", {nhwc({2, 5, 3, 4})},
+       [](auto& v) {
+         Tensor s = from_vector(std::vector<float>{0.01f, 0.02f, 0.05f, 0.1f, 0.3f}, {5});
+         Tensor z = from_vector(std::vector<int64_t>{0, 3, -2, 7, 0}, {5}).to(kInt32);
+         return quant::fake_quantize_per_channel_affine(v[0], s, z, 1, -8, 7);
+       }},
+      {"fake_quantize per channel axis 0, 4 bits", {x({4, 3, 3, 3}, 2.0)},
+       [](auto& v) {
+         Tensor s = from_vector(std::vector<float>{0.1f, 0.2f, 0.25f, 0.5f}, {4});
+         Tensor z = from_vector(std::vector<int64_t>{8, 0, 15, 4}, {4}).to(kInt32);
+         return quant::fake_quantize_per_channel_affine(v[0], s, z, 0, 0, 15);
+       }},
+      {"fake_quantize learnable per tensor (LSQ)", {x({6, 37}, 2.0), pos({1}), x({1}, 2.0)},
+       [](auto& v) {
+         return quant::fake_quantize_learnable_per_tensor_affine(v[0], mul(v[1], 0.1), v[2], -8, 7,
+                                                                 1.0 / std::sqrt(222.0 * 7));
+       },
+       {kFloat32}},
+      {"fake_quantize learnable per channel (LSQ)", {x({5, 4, 6}, 2.0), pos({4}), x({4}, 2.0)},
+       [](auto& v) {
+         return quant::fake_quantize_learnable_per_channel_affine(v[0], mul(v[1], 0.1), v[2], 1, 0,
+                                                                  15, 0.05);
+       },
+       {kFloat32}},
+      {"PACT", {x({6, 37}, 3.0), pos({1})},
+       [](auto& v) { return quant::pact_fake_quantize(v[0], mul(v[1], 2.0), 15); }, {kFloat32}},
+      // mixed precision (tb::amp): bfloat16 / float16 GEMM and convolution, float32 accumulation
+      // (oneDNN bf16 on AMX; float16 through float32, oneDNN 2.6 has no CPU f16 kernels), against
+      // the reference loops that read the half inputs exactly and round each output once
+      {"half matmul 2-D", {x({7, 5}), x({5, 9})}, [](auto& v) { return matmul(v[0], v[1]); },
+       kHalves},
+      {"half matmul transposed views", {x({5, 7}), x({9, 5})},
+       [](auto& v) { return matmul(v[0].t(), v[1].t()); }, kHalves},
+      {"half matmul batched", {x({2, 3, 4, 5}), x({5, 6})},
+       [](auto& v) { return matmul(v[0], v[1]); }, kHalves},
+      {"half matmul broadcast batch", {x({3, 1, 4, 5}), x({2, 5, 6})},
+       [](auto& v) { return matmul(v[0], v[1]); }, kHalves},
+      {"half matmul large", {x({65, 130}), x({130, 33})},
+       [](auto& v) { return matmul(v[0], v[1]); }, kHalves},
+      {"half linear", {x({8, 5}), x({3, 5}), x({3})},
+       [](auto& v) { return linear(v[0], v[1], v[2]); }, kHalves},
+      {"half linear 3-D input, no bias", {x({2, 8, 5}), x({3, 5})},
+       [](auto& v) { return linear(v[0], v[1]); }, kHalves},
+      {"half conv2d 3x3 same", {x({2, 4, 9, 8}), x({6, 4, 3, 3}), x({6})},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], conv(1, 1)); }, kHalves},
+      {"half conv2d stride 2, no bias", {x({3, 8, 11, 10}), x({16, 8, 3, 3})},
+       [](auto& v) { return conv2d(v[0], v[1], Tensor(), conv(2, 1)); }, kHalves},
+      {"half conv2d groups 3, rectangular 3x1", {x({2, 6, 7, 7}), x({9, 2, 3, 1}), x({9})},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], conv(1, 0, 1, 3)); }, kHalves},
+      {"half conv2d depthwise", {nhwc({2, 8, 9, 9}), x({8, 1, 3, 3}), x({8})},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], conv(1, 1, 1, 8)); }, kHalves},
+      {"half conv2d depthwise x2, stride 2", {x({2, 8, 10, 9}), x({16, 1, 3, 3})},
+       [](auto& v) { return conv2d(v[0], v[1], Tensor(), conv(2, 1, 1, 8)); }, kHalves},
+      {"half conv2d channels-last", {nhwc({2, 4, 9, 8}), x({6, 4, 3, 3}), x({6})},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], conv(1, 1)); }, kHalves},
+      {"half conv2d 1-channel stem", {nhwc({2, 1, 12, 12}), x({8, 1, 5, 5}), x({8})},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], conv(1, 2)); }, kHalves},
+      {"half conv2d pointwise", {nhwc({2, 16, 5, 5}), x({8, 16, 1, 1})},
+       [](auto& v) { return conv2d(v[0], v[1], Tensor(), conv(1, 0)); }, kHalves},
+      {"half conv2d dilation 2", {x({2, 6, 12, 12}), x({4, 6, 3, 3}), x({4})},
+       [](auto& v) { return conv2d(v[0], v[1], v[2], conv(1, 2, 2)); }, kHalves},
+      {"half conv-bn-relu-pool (batch_norm, relu6, pool in float32 inside)",
+       {nhwc({2, 4, 8, 8}), x({6, 4, 3, 3}), pos({6}), x({6})},
+       [](auto& v) {
+         Tensor rm = zeros({6}, TensorOptions(kFloat32, v[0].device()));
+         Tensor rv = ones({6}, TensorOptions(kFloat32, v[0].device()));
+         Tensor y = conv2d(v[0], v[1], Tensor(), conv(1, 1));
+         y = batch_norm(y, rm, rv, v[2].to(kFloat32), v[3].to(kFloat32), {.training = true});
+         return max_pool2d(relu6(y), pool(2, 2));
+       },
+       kHalves},
   };
   return cases;
 }
@@ -404,7 +486,15 @@ Result run_on(const Backend& b, const OpCase& c, const std::vector<Tensor>& inpu
   return r;
 }
 
-double tolerance(DType t) { return t == kFloat64 ? 1e-12 : t == kFloat32 ? 1e-5 : 0.0; }
+// bfloat16 / float16 (the half rows): each output is rounded once from a float32 (fast) or double
+// (reference) sum, so the two may differ by one unit in the last place, 2^-7 (bfloat16) or 2^-10
+// (float16) relative at most, and backward chains a few such roundings (matmul then sum_to_shape):
+// 2e-2 and 4e-3 allow about two and a half ulps.
+double tolerance(DType t) {
+  if (t == kBFloat16) return 2e-2;
+  if (t == kFloat16) return 4e-3;
+  return t == kFloat64 ? 1e-12 : t == kFloat32 ? 1e-5 : 0.0;
+}
 
 // "" when got matches want (see the tolerance at the top), else what differs.
 std::string mismatch(const Tensor& got, const Tensor& want, const std::string& what) {

@@ -97,6 +97,32 @@ struct enable_grad {
   bool prev_;
 };
 
+// Autocast (mixed precision) state, thread-local like grad mode, one per device type. The user
+// API is tb::amp::autocast (tb/amp.h); it lives here so ops can read it. When `enabled`, conv2d,
+// linear and matmul cast their float32/float16/bfloat16 inputs to `dtype`, and the float32 ops
+// (softmax, log_softmax, sum, losses) cast them up to float32; float64 is never cast.
+struct AutocastState {
+  bool enabled = false;
+  DType dtype = kBFloat16;
+};
+AutocastState autocast_state(DeviceType device);
+void set_autocast_state(DeviceType device, AutocastState s);
+// The engine runs backward with autocast off (backward ops run in the dtypes of their forward).
+struct autocast_off {
+  autocast_off() : cpu_(autocast_state(DeviceType::CPU)), cuda_(autocast_state(DeviceType::CUDA)) {
+    set_autocast_state(DeviceType::CPU, {});
+    set_autocast_state(DeviceType::CUDA, {});
+  }
+  ~autocast_off() {
+    set_autocast_state(DeviceType::CPU, cpu_);
+    set_autocast_state(DeviceType::CUDA, cuda_);
+  }
+  autocast_off(const autocast_off&) = delete;
+  autocast_off& operator=(const autocast_off&) = delete;
+ private:
+  AutocastState cpu_, cuda_;
+};
+
 // A process-wide unique id for a new hook (tensor or module hooks).
 int next_hook_id();
 

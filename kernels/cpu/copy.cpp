@@ -37,6 +37,43 @@ static void coalesce(StridedLayout& a, StridedLayout& b) {
   b = nb;
 }
 
+// bfloat16 <-> float32 inline (the same rounding as tb::float_to_bfloat16: nearest even, NaN
+// kept quiet), so mixed-precision casts vectorise instead of going through double per element.
+// Branch-free, so the loops below vectorise.
+static inline uint16_t f32_to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  uint32_t nan = (x >> 16) | 0x40, rounded = (x + 0x7fff + ((x >> 16) & 1)) >> 16;
+  return (uint16_t)((x & 0x7fffffff) > 0x7f800000 ? nan : rounded);
+}
+// float16 through the compiler's _Float16 (vectorised F16C conversions with -march=native).
+static inline float f16_to_f32(uint16_t h) {
+  _Float16 v;
+  std::memcpy(&v, &h, 2);
+  return (float)v;
+}
+static inline uint16_t f32_to_f16(float f) {
+  _Float16 v = (_Float16)f;
+  uint16_t h;
+  std::memcpy(&h, &v, 2);
+  return h;
+}
+static inline float bf16_to_f32(uint16_t b) {
+  uint32_t x = (uint32_t)b << 16;
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+// d[i] = f(s[i]) along a row; the unit-stride case is a separate loop so it vectorises.
+template <typename S, typename D, typename F>
+static void convert_row(const S* s, int64_t ss, D* d, int64_t ds, int64_t n, F f) {
+  if (ss == 1 && ds == 1)
+    for (int64_t i = 0; i < n; i++) d[i] = f(s[i]);
+  else
+    for (int64_t i = 0; i < n; i++) d[i * ds] = f(s[i * ss]);
+}
+
 template <typename T>
 static void copy_row(const T* s, int64_t ss, T* d, int64_t ds, int64_t n) {
   for (int64_t i = 0; i < n; i++) d[i * ds] = s[i * ss];
@@ -80,6 +117,14 @@ static void cpu_copy_strided(DType src_dtype, const void* src, const StridedLayo
       const double* sd = (const double*)s;
       float* d = (float*)dst + doff;
       for (int64_t i = 0; i < inner; i++) d[i * ds] = (float)sd[i * ss];
+    } else if (src_dtype == kFloat32 && dst_dtype == kBFloat16) {
+      convert_row((const float*)s, ss, (uint16_t*)dst + doff, ds, inner, f32_to_bf16);
+    } else if (src_dtype == kBFloat16 && dst_dtype == kFloat32) {
+      convert_row((const uint16_t*)s, ss, (float*)dst + doff, ds, inner, bf16_to_f32);
+    } else if (src_dtype == kFloat32 && dst_dtype == kFloat16) {
+      convert_row((const float*)s, ss, (uint16_t*)dst + doff, ds, inner, f32_to_f16);
+    } else if (src_dtype == kFloat16 && dst_dtype == kFloat32) {
+      convert_row((const uint16_t*)s, ss, (float*)dst + doff, ds, inner, f16_to_f32);
     } else if (src_dtype == kUInt8 && dst_dtype == kFloat32) {
       const uint8_t* su = (const uint8_t*)s;
       float* d = (float*)dst + doff;

@@ -1,6 +1,7 @@
 // kernels/ref/conv.cpp — 2-D convolution as plain loops: the specification the oneDNN kernel is
 // tested against, and the float64 kernel that gradient checks use. Slow on purpose: no blocking,
-// no vectorisation, one multiply-add per loop step. Accumulation in double.
+// no vectorisation, one multiply-add per loop step. Accumulation in double; float16/bfloat16 are
+// read exactly and each output is rounded once (kernels/ref/half.h).
 //
 // Shapes: x [N, C, H, W], w [O, C/G, KH, KW], y [N, O, OH, OW]; G = groups, Cg = C/G input
 // channels and Og = O/G output channels per group. Output channel o belongs to group o / Og and
@@ -15,9 +16,15 @@
 #include <vector>
 
 #include "kernels/conv.h"
+#include "kernels/ref/half.h"
 
 namespace tb::kernels {
 namespace {
+
+using ref_half::BF16;
+using ref_half::F16;
+using ref_half::load;
+using ref_half::store;
 
 // Calls f(ci, kh, kw, ih, iw) for every tap of output pixel (oh, ow) that lands inside the input.
 template <typename F>
@@ -48,12 +55,12 @@ void forward(const Conv2dGeom& g, const T* x, Strides4 xs, const T* w, const T* 
       int64_t c0 = (o / Og) * Cg; // first input channel of o's group
       for (int64_t oh = 0; oh < g.OH; oh++)
         for (int64_t ow = 0; ow < g.OW; ow++) {
-          double acc = b ? (double)b[o] : 0.0;
+          double acc = b ? load(b[o]) : 0.0;
           for_each_tap(g, oh, ow, [&](int64_t ci, int64_t kh, int64_t kw, int64_t ih, int64_t iw) {
-            double xv = x[n * xs.n + (c0 + ci) * xs.c + ih * xs.h + iw * xs.w];
-            acc += xv * (double)w[w_index(g, o, ci, kh, kw)];
+            double xv = load(x[n * xs.n + (c0 + ci) * xs.c + ih * xs.h + iw * xs.w]);
+            acc += xv * load(w[w_index(g, o, ci, kh, kw)]);
           });
-          y[n * ys.n + o * ys.c + oh * ys.h + ow * ys.w] = (T)acc;
+          store(y[n * ys.n + o * ys.c + oh * ys.h + ow * ys.w], acc);
         }
     }
 }
@@ -70,10 +77,10 @@ void backward_data(const Conv2dGeom& g, const T* dy, Strides4 dys, const T* w, T
       int64_t c0 = (o / Og) * Cg;
       for (int64_t oh = 0; oh < g.OH; oh++)
         for (int64_t ow = 0; ow < g.OW; ow++) {
-          double d = dy[n * dys.n + o * dys.c + oh * dys.h + ow * dys.w];
+          double d = load(dy[n * dys.n + o * dys.c + oh * dys.h + ow * dys.w]);
           for_each_tap(g, oh, ow, [&](int64_t ci, int64_t kh, int64_t kw, int64_t ih, int64_t iw) {
             acc[n * as.n + (c0 + ci) * as.c + ih * as.h + iw * as.w] +=
-                d * (double)w[w_index(g, o, ci, kh, kw)];
+                d * load(w[w_index(g, o, ci, kh, kw)]);
           });
         }
     }
@@ -81,8 +88,8 @@ void backward_data(const Conv2dGeom& g, const T* dy, Strides4 dys, const T* w, T
     for (int64_t c = 0; c < g.C; c++)
       for (int64_t ih = 0; ih < g.H; ih++)
         for (int64_t iw = 0; iw < g.W; iw++)
-          dx[n * dxs.n + c * dxs.c + ih * dxs.h + iw * dxs.w] =
-              (T)acc[n * as.n + c * as.c + ih * as.h + iw * as.w];
+          store(dx[n * dxs.n + c * dxs.c + ih * dxs.h + iw * dxs.w],
+                acc[n * as.n + c * as.c + ih * as.h + iw * as.w]);
 }
 
 template <typename T>
@@ -95,17 +102,17 @@ void backward_weights(const Conv2dGeom& g, const T* x, Strides4 xs, const T* dy,
       int64_t c0 = (o / Og) * Cg;
       for (int64_t oh = 0; oh < g.OH; oh++)
         for (int64_t ow = 0; ow < g.OW; ow++) {
-          double d = dy[n * dys.n + o * dys.c + oh * dys.h + ow * dys.w];
+          double d = load(dy[n * dys.n + o * dys.c + oh * dys.h + ow * dys.w]);
           acc_b[o] += d;
           for_each_tap(g, oh, ow, [&](int64_t ci, int64_t kh, int64_t kw, int64_t ih, int64_t iw) {
             acc_w[w_index(g, o, ci, kh, kw)] +=
-                d * (double)x[n * xs.n + (c0 + ci) * xs.c + ih * xs.h + iw * xs.w];
+                d * load(x[n * xs.n + (c0 + ci) * xs.c + ih * xs.h + iw * xs.w]);
           });
         }
     }
-  for (size_t i = 0; i < acc_w.size(); i++) dw[i] = (T)acc_w[i];
+  for (size_t i = 0; i < acc_w.size(); i++) store(dw[i], acc_w[i]);
   if (db)
-    for (int64_t o = 0; o < g.O; o++) db[o] = (T)acc_b[o];
+    for (int64_t o = 0; o < g.O; o++) store(db[o], acc_b[o]);
 }
 
 void ref_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides4 xs, const void* w,
@@ -115,6 +122,10 @@ void ref_conv2d_forward(DType dtype, const Conv2dGeom& g, const void* x, Strides
       return forward(g, (const float*)x, xs, (const float*)w, (const float*)b, (float*)y, ys);
     case kFloat64:
       return forward(g, (const double*)x, xs, (const double*)w, (const double*)b, (double*)y, ys);
+    case kBFloat16:
+      return forward(g, (const BF16*)x, xs, (const BF16*)w, (const BF16*)b, (BF16*)y, ys);
+    case kFloat16:
+      return forward(g, (const F16*)x, xs, (const F16*)w, (const F16*)b, (F16*)y, ys);
     default: TB_CHECK(false, "ref_conv2d_forward: no kernel for dtype {}", dtype);
   }
 }
@@ -126,6 +137,10 @@ void ref_conv2d_backward_data(DType dtype, const Conv2dGeom& g, const void* dy, 
       return backward_data(g, (const float*)dy, dys, (const float*)w, (float*)dx, dxs);
     case kFloat64:
       return backward_data(g, (const double*)dy, dys, (const double*)w, (double*)dx, dxs);
+    case kBFloat16:
+      return backward_data(g, (const BF16*)dy, dys, (const BF16*)w, (BF16*)dx, dxs);
+    case kFloat16:
+      return backward_data(g, (const F16*)dy, dys, (const F16*)w, (F16*)dx, dxs);
     default: TB_CHECK(false, "ref_conv2d_backward_data: no kernel for dtype {}", dtype);
   }
 }
@@ -139,6 +154,10 @@ void ref_conv2d_backward_weights(DType dtype, const Conv2dGeom& g, const void* x
     case kFloat64:
       return backward_weights(g, (const double*)x, xs, (const double*)dy, dys, (double*)dw,
                               (double*)db);
+    case kBFloat16:
+      return backward_weights(g, (const BF16*)x, xs, (const BF16*)dy, dys, (BF16*)dw, (BF16*)db);
+    case kFloat16:
+      return backward_weights(g, (const F16*)x, xs, (const F16*)dy, dys, (F16*)dw, (F16*)db);
     default: TB_CHECK(false, "ref_conv2d_backward_weights: no kernel for dtype {}", dtype);
   }
 }

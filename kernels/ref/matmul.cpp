@@ -1,9 +1,17 @@
 // kernels/ref/matmul.cpp — reference strided batched GEMM: the triple loop, accumulating in double.
-// The specification for cpu_gemm (OpenBLAS) and cuda_gemm (cuBLAS); see kernels/matmul.h.
+// The specification for cpu_gemm (OpenBLAS; oneDNN for bfloat16) and cuda_gemm (cuBLAS); see
+// kernels/matmul.h. float16/bfloat16 are read exactly, accumulated in double and each output
+// rounded once (kernels/ref/half.h).
 #include "kernels/matmul.h"
+#include "kernels/ref/half.h"
 
 namespace tb::kernels {
 namespace {
+
+using ref_half::BF16;
+using ref_half::F16;
+using ref_half::load;
+using ref_half::store;
 
 template <typename T>
 void gemm_impl(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
@@ -18,13 +26,13 @@ void gemm_impl(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, doub
       for (int64_t j = 0; j < n; j++) {
         double acc = 0;
         for (int64_t l = 0; l < k; l++) {
-          double av = trans_a ? A[l * lda + i] : A[i * lda + l];  // op(A)[i, l]
-          double bv = trans_b ? B[j * ldb + l] : B[l * ldb + j];  // op(B)[l, j]
+          double av = load(trans_a ? A[l * lda + i] : A[i * lda + l]);  // op(A)[i, l]
+          double bv = load(trans_b ? B[j * ldb + l] : B[l * ldb + j]);  // op(B)[l, j]
           acc += av * bv;
         }
         // beta == 0: C is not read (it may be uninitialised), as BLAS.
-        double prev = beta == 0.0 ? 0.0 : beta * (double)C[i * ldc + j];
-        C[i * ldc + j] = (T)(alpha * acc + prev);
+        double prev = beta == 0.0 ? 0.0 : beta * load(C[i * ldc + j]);
+        store(C[i * ldc + j], alpha * acc + prev);
       }
   }
 }
@@ -45,6 +53,12 @@ void ref_gemm(DType dtype, bool trans_a, bool trans_b, int64_t m, int64_t n, int
     case kFloat64:
       return gemm_impl(trans_a, trans_b, m, n, k, alpha, (const double*)a, lda, stride_a,
                        (const double*)b, ldb, stride_b, beta, (double*)c, ldc, stride_c, batch);
+    case kBFloat16:
+      return gemm_impl(trans_a, trans_b, m, n, k, alpha, (const BF16*)a, lda, stride_a,
+                       (const BF16*)b, ldb, stride_b, beta, (BF16*)c, ldc, stride_c, batch);
+    case kFloat16:
+      return gemm_impl(trans_a, trans_b, m, n, k, alpha, (const F16*)a, lda, stride_a,
+                       (const F16*)b, ldb, stride_b, beta, (F16*)c, ldc, stride_c, batch);
     default:
       TB_CHECK(false, "ref_gemm: no kernel for dtype {} on cpu", dtype);
   }
@@ -54,6 +68,9 @@ void ref_broadcast_rows(DType dtype, const void* row, void* out, int64_t rows, i
   switch (dtype) {
     case kFloat32: return broadcast_rows_impl((const float*)row, (float*)out, rows, cols);
     case kFloat64: return broadcast_rows_impl((const double*)row, (double*)out, rows, cols);
+    case kBFloat16:
+    case kFloat16:
+      return broadcast_rows_impl((const uint16_t*)row, (uint16_t*)out, rows, cols);
     default: TB_CHECK(false, "ref_broadcast_rows: no kernel for dtype {} on cpu", dtype);
   }
 }

@@ -169,6 +169,7 @@ void run_backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& g
     edges.push_back(gradient_edge(roots[i]));
   }
   no_grad guard; // backward records no graph (no higher-order gradients)
+  autocast_off no_autocast; // backward ops run in their forward's dtypes
   GraphTask task;
   task.retain_graph = retain_graph;
   std::vector<Tensor> g;
@@ -203,6 +204,7 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
   }
   task.captured.resize(inputs.size());
   no_grad guard;
+  autocast_off no_autocast;
   execute(task, edges, gos);
   return task.captured;
 }

@@ -14,6 +14,7 @@
 // anything else is copied to a dense layout first.
 #include <tb/ops.h>
 
+#include "autocast.h"
 #include "dispatch.h"
 #include "kernels/batchnorm.h"
 
@@ -61,9 +62,16 @@ void* mut_data_or_null(const Tensor& t) { return t.defined() ? t.raw_data() : nu
 
 } // namespace
 
-Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, const BatchNormOptions& o) {
   const char* op = "batch_norm";
+  // Under autocast batch_norm is on tb's float32 list (docs/mixed_precision.md): a half input is
+  // cast up and the output stays float32, so the activations after it need no casts.
+  const Tensor x = autocast_fp32(x_in);
+  // float16/bfloat16 input (mixed precision, float32 parameters and statistics): normalised in
+  // float32, the result rounded back to the input's dtype, as PyTorch's CPU batch_norm.
+  if (x.defined() && (x.dtype() == kBFloat16 || x.dtype() == kFloat16))
+    return batch_norm(x.to(kFloat32), running_mean, running_var, weight, bias, o).to(x.dtype());
   const bool training = o.training;
   const double momentum = o.momentum, eps = o.eps;
   check_defined(op, x, "input");

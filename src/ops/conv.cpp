@@ -10,8 +10,11 @@
 // Layout: y is channels-last (NHWC strides, logical NCHW), as DESIGN.md "oneDNN" explains: it is
 // what oneDNN's fast kernels read and write. x may be NCHW-contiguous or channels-last and is used
 // as is; any other layout is copied to channels-last first. dx takes x's layout.
+// Dtypes: float32, float64, bfloat16, float16 (all tensors the same; half precision accumulates in
+// float32). Under autocast (tb/amp.h) x, weight and bias are first cast to the autocast dtype.
 #include <tb/ops.h>
 
+#include "autocast.h"
 #include "dispatch.h"
 #include "kernels/conv.h"
 
@@ -40,8 +43,11 @@ bool y_has_elements(const kernels::Conv2dGeom& g) { return g.N * g.O * g.OH * g.
 
 } // namespace
 
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& p) {
+Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in,
+              const Conv2dParams& p) {
   const char* op = "conv2d";
+  Tensor x = autocast_lower(x_in), weight = autocast_lower(weight_in);
+  Tensor bias = autocast_lower(bias_in);
   check_defined(op, x, "input");
   check_defined(op, weight, "weight");
   TB_CHECK(x.dim() == 4, "conv2d: expected input [N, C, H, W], got {}", shape_str(x.shape()));
@@ -49,8 +55,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
            shape_str(weight.shape()));
   check_same_device(op, x, weight);
   check_same_dtype(op, x, weight);
-  TB_CHECK(x.dtype() == kFloat32 || x.dtype() == kFloat64,
-           "conv2d: expected float32 or float64 tensors, got {}", x.dtype());
+  TB_CHECK(is_floating(x.dtype()),
+           "conv2d: expected float32, float64, bfloat16 or float16 tensors, got {}", x.dtype());
   if (bias.defined()) {
     check_same_device(op, x, bias);
     check_same_dtype(op, x, bias);
@@ -107,7 +113,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
       Tensor dx, dw, db;
       if (grads[0].defined() && y_has_elements(g)) {
         Strides4 dys;
-        Tensor dy = dense_4d(grads[0], dys);
+        Tensor dy = dense_4d(grads[0].to(opts.dtype), dys);
         if (need_dx) {
           dx = empty_with(xs_t.shape(), xs, opts);
           kernel(&Conv2dKernels::backward_data, "conv2d", opts.device, opts.dtype)(

@@ -18,6 +18,7 @@
 
 #include <tb/ops.h>
 
+#include "autocast.h"
 #include "dispatch.h"
 #include "kernels/softmax.h"
 
@@ -133,9 +134,10 @@ static Tensor rows_to_input(const ClassRows& r, const Tensor& dx_rows, const Sha
 
 // ---- nll_loss ----------------------------------------------------------------------------------
 
-Tensor nll_loss(const Tensor& logp, const Tensor& target, const std::string& reduction,
+Tensor nll_loss(const Tensor& logp_in, const Tensor& target, const std::string& reduction,
                 int64_t ignore_index) {
   const char* op = "nll_loss";
+  Tensor logp = autocast_fp32(logp_in); // autocast: losses run in float32
   Reduction red = parse_reduction(op, reduction, false);
   ClassRows r = class_rows(op, logp, target, ignore_index);
   DType cdt = r.x.dtype();
@@ -183,9 +185,10 @@ static Tensor cross_entropy_probs(const Tensor& x, const Tensor& target, double 
   return red == Reduction::Sum ? sum(l) : mean(l);
 }
 
-Tensor cross_entropy(const Tensor& logits, const Tensor& target, double label_smoothing,
+Tensor cross_entropy(const Tensor& logits_in, const Tensor& target, double label_smoothing,
                      const std::string& reduction, int64_t ignore_index) {
   const char* op = "cross_entropy";
+  Tensor logits = autocast_fp32(logits_in); // autocast: losses run in float32
   Reduction red = parse_reduction(op, reduction, false);
   TB_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
            "cross_entropy: label_smoothing must be in [0, 1], got {}", label_smoothing);
@@ -237,8 +240,9 @@ static Tensor apply_reduction(const Tensor& l, Reduction red, const Tensor& inpu
   return l;
 }
 
-Tensor mse_loss(const Tensor& input, const Tensor& target, const std::string& reduction) {
+Tensor mse_loss(const Tensor& input_in, const Tensor& target_in, const std::string& reduction) {
   const char* op = "mse_loss";
+  Tensor input = autocast_fp32(input_in), target = autocast_fp32(target_in); // autocast: float32
   Reduction red = parse_reduction(op, reduction, false);
   check_defined(op, input, "input");
   check_defined(op, target, "target");
@@ -247,9 +251,10 @@ Tensor mse_loss(const Tensor& input, const Tensor& target, const std::string& re
   return apply_reduction(square(sub(input, target)), red, input);
 }
 
-Tensor kl_div(const Tensor& input, const Tensor& target, const std::string& reduction,
+Tensor kl_div(const Tensor& input_in, const Tensor& target_in, const std::string& reduction,
               bool log_target) {
   const char* op = "kl_div";
+  Tensor input = autocast_fp32(input_in), target = autocast_fp32(target_in); // autocast: float32
   Reduction red = parse_reduction(op, reduction, true);
   check_defined(op, input, "input");
   check_defined(op, target, "target");

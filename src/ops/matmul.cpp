@@ -10,10 +10,13 @@
 //           dX = G W, dW = G^T X, db = sum_rows G (G flattened to [M, out]).
 // Operands whose last two dims are row-major or column-major (a transposed view such as W.t())
 // go to the kernel as they are, with a transpose flag; anything else is copied contiguous first.
+// Dtypes: float32, float64, bfloat16, float16 (operands the same; half precision accumulates in
+// float32). Under autocast (tb/amp.h) the operands are first cast to the autocast dtype.
 #include <algorithm>
 
 #include <tb/ops.h>
 
+#include "autocast.h"
 #include "dispatch.h"
 #include "kernels/matmul.h"
 
@@ -71,8 +74,9 @@ static Tensor gemm3(const char* op, const Tensor& a3, const Tensor& b3, const Te
 }
 
 static void check_gemm_dtype(const char* op, const Tensor& t) {
-  TB_CHECK(t.dtype() == kFloat32 || t.dtype() == kFloat64,
-           "{}: no kernel for dtype {} on {} (shape {}); expected float32 or float64", op,
+  TB_CHECK(is_floating(t.dtype()),
+           "{}: no kernel for dtype {} on {} (shape {}); expected float32, float64, bfloat16 or "
+           "float16", op,
            dtype_name(t.dtype()), t.device().str(), shape_str(t.shape()));
 }
 
@@ -107,8 +111,9 @@ static Tensor matmul_nd(const Tensor& A, const Tensor& B) {
 
 // ---- matmul ------------------------------------------------------------------------------------
 
-Tensor matmul(const Tensor& a, const Tensor& b) {
+Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   const char* op = "matmul";
+  Tensor a = autocast_lower(a_in), b = autocast_lower(b_in);
   check_defined(op, a, "input");
   check_defined(op, b, "other");
   check_same_device(op, a, b);
@@ -178,8 +183,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 
 // ---- linear ------------------------------------------------------------------------------------
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in) {
   const char* op = "linear";
+  Tensor x = autocast_lower(x_in), weight = autocast_lower(weight_in);
+  Tensor bias = autocast_lower(bias_in);
   check_defined(op, x, "input");
   check_defined(op, weight, "weight");
   check_same_device(op, x, weight);

@@ -114,8 +114,14 @@ Tensor run_avg(const char* op, const Tensor& x, const Pool2dGeom& g,
 
 } // namespace
 
+// float16/bfloat16 inputs are pooled in float32 and the result rounded back (exact for max).
+static bool is_half(const Tensor& t) {
+  return t.defined() && (t.dtype() == kBFloat16 || t.dtype() == kFloat16);
+}
+
 Tensor max_pool2d(const Tensor& x, const Pool2dParams& p) {
   const char* op = "max_pool2d";
+  if (is_half(x)) return max_pool2d(x.to(kFloat32), p).to(x.dtype());
   check_pool_input(op, x);
   Pool2dGeom g = pool_geometry(op, x, p);
   auto forward = kernel(&Pool2dKernels::max_forward, op, x.device(), x.dtype());
@@ -143,6 +149,7 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& p) {
 
 Tensor avg_pool2d(const Tensor& x, const Pool2dParams& p) {
   const char* op = "avg_pool2d";
+  if (is_half(x)) return avg_pool2d(x.to(kFloat32), p).to(x.dtype());
   check_pool_input(op, x);
   Pool2dGeom g = pool_geometry(op, x, p);
   return run_avg(op, x, g, &Pool2dKernels::avg_forward, &Pool2dKernels::avg_backward);
@@ -150,6 +157,7 @@ Tensor avg_pool2d(const Tensor& x, const Pool2dParams& p) {
 
 Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
   const char* op = "adaptive_avg_pool2d";
+  if (is_half(x)) return adaptive_avg_pool2d(x.to(kFloat32), out_h, out_w).to(x.dtype());
   check_pool_input(op, x);
   TB_CHECK(out_h >= 1 && out_w >= 1, "{}: expected output size >= 1, got ({}, {}) for input {}",
            op, out_h, out_w, shape_str(x.shape()));

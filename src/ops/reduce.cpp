@@ -21,6 +21,7 @@
 
 #include <tb/ops.h>
 
+#include "autocast.h"
 #include "dispatch.h"
 #include "kernels/reduce.h"
 
@@ -187,7 +188,8 @@ static Tensor sum_forward(const char* op, const Tensor& x, const Shape& dims, bo
   return as_dtype(r.out, rdt);
 }
 
-Tensor sum(const Tensor& x, const Shape& dims, bool keepdim) {
+Tensor sum(const Tensor& x_in, const Shape& dims, bool keepdim) {
+  Tensor x = autocast_fp32(x_in); // autocast: sum runs in float32 (PyTorch's CUDA list)
   Reduction p;
   Tensor out = sum_forward("sum", x, dims, keepdim, false, &p);
   if (auto node = make_node("sum", {x})) {

@@ -9,6 +9,7 @@
 // tensor whose grad_fn it is).
 #include <tb/ops.h>
 
+#include "autocast.h"
 #include "dispatch.h"
 #include "kernels/softmax.h"
 
@@ -49,9 +50,12 @@ static Tensor softmax_common(const char* op, bool log, const Tensor& x, int64_t 
   return out;
 }
 
-Tensor softmax(const Tensor& x, int64_t dim) { return softmax_common("softmax", false, x, dim); }
+// Under autocast both run in float32 (PyTorch's CUDA autocast list; see docs/mixed_precision.md).
+Tensor softmax(const Tensor& x, int64_t dim) {
+  return softmax_common("softmax", false, autocast_fp32(x), dim);
+}
 Tensor log_softmax(const Tensor& x, int64_t dim) {
-  return softmax_common("log_softmax", true, x, dim);
+  return softmax_common("log_softmax", true, autocast_fp32(x), dim);
 }
 
 } // namespace tb
