@@ -6,9 +6,20 @@
 // weight_post_process observer, fused, or QAT) becomes a QuantizedConv2d / QuantizedLinear whose
 // int8 weight is quantized with the weight quantizer's qparams (a BN is folded first with its
 // running statistics, as PyTorch's convert of intrinsic QAT modules does). The converted model's
-// outputs equal the fake-quant model's in eval mode (up to float rounding of the folding).
+// outputs equal the fake-quant model's in eval mode, up to float rounding of the folding and, for
+// the layers that run integer kernels, one output step per layer (tests/test_int8.cpp).
+//
+// Integer inference: the walk also follows which quantizer's grid the data is on, in the order
+// of the tree (a module with an activation_post_process sets it; value-preserving modules such as
+// MaxPool2d, Flatten and Dropout keep it; any other module clears it). A converted conv / linear
+// whose input is quantized that way, with 8-bit uint8 activations and symmetric int8 weights,
+// records the input qparams and runs the integer kernels (src/quant/int8.cpp); the report says
+// for each layer which kernel it runs and, for the float ones, why. The tree order is only the
+// fallback for the input grid: at run time the layer first uses the grid its input was tagged
+// with by the Quantize that made it (branches, shortcuts), and checks that the input lies on it.
 #include <tb/quant.h>
 
+#include "src/quant/int8.h"
 #include "src/quant/walk.h"
 
 #include <chrono>
@@ -128,32 +139,55 @@ std::string qparams_str(const QParams& p) {
                      p.qmax);
 }
 
+// Decides whether a converted layer runs the integer kernels (input grid `in` from the walk,
+// output grid `out` its own quantizer's); returns what the report says about it.
+template <typename Q>
+std::string choose_kernel(Q& q, const std::optional<QParams>& in, const std::optional<QParams>& out) {
+  q.float_reason = int8::unsupported_reason(q.weight_qparams(), in, out);
+  q.integer = q.float_reason.empty();
+  if (!q.integer) return "float kernel (dequantized weights): " + q.float_reason;
+  q.set_input_qparams(*in);
+  return "integer kernel (u8 x s8)";
+}
+
+// `flow`: the qparams of the quantizer whose grid the data is on at this point of the walk.
 void convert_visit(nn::Module& parent, const std::string& prefix, const ConvertOptions& o,
-                   ConversionReport& report) {
+                   ConversionReport& report, std::optional<QParams>& flow) {
   for (auto [name, c] : std::vector(parent.named_children())) {
     std::string path = prefix.empty() ? name : prefix + "." + name;
     std::string type = c->type_name();
     Role r = role(*c);
     if (r == Role::Internal) continue;
     nn::ModulePtr post;
+    std::optional<QParams> out;
     std::string out_desc = "float output";
     if (c->has_child("activation_post_process")) {
       QParams p = output_qparams(*c->child("activation_post_process"), path, type,
                                  o.allow_uncalibrated);
       out_desc = "output " + qparams_str(p);
       post = std::make_shared<Quantize>(p);
+      out = p;
     }
     if (r == Role::Conv || r == Role::Linear) {
       nn::ModulePtr q = convert_weighted(c);
       if (q) {
         if (post) attach_output(*q, post);
         parent.set_module(name, q);
-        QParams wq = r == Role::Conv ? dynamic_cast<QuantizedConv2d&>(*q).weight_qparams()
-                                     : dynamic_cast<QuantizedLinear&>(*q).weight_qparams();
+        QParams wq;
+        std::string kernel;
+        if (auto* qc = dynamic_cast<QuantizedConv2d*>(q.get())) {
+          wq = qc->weight_qparams();
+          kernel = choose_kernel(*qc, flow, out);
+        } else {
+          auto& ql = dynamic_cast<QuantizedLinear&>(*q);
+          wq = ql.weight_qparams();
+          kernel = choose_kernel(ql, flow, out);
+        }
         report.layers.push_back({path, q->type_name(), "quantized",
-                                 fmt::format("from {}: int weights {}; {}", type,
-                                             qparams_str(wq), out_desc)});
+                                 fmt::format("from {}: int weights {}; {}; {}", type,
+                                             qparams_str(wq), out_desc, kernel)});
         report.quantized++;
+        flow = out;
         continue;
       }
     }
@@ -162,7 +196,9 @@ void convert_visit(nn::Module& parent, const std::string& prefix, const ConvertO
       report.layers.push_back({path, type, "quantized", "float op; " + out_desc});
       report.quantized++;
     }
-    if (r == Role::Container) convert_visit(*c, path, o, report);
+    if (r == Role::Container) convert_visit(*c, path, o, report, flow);
+    if (r != Role::PassThrough && r != Role::Container) flow = out;
+    else if (post) flow = out;
   }
 }
 
@@ -184,7 +220,8 @@ static void calibrate(nn::Module& model, data::DataLoader& loader, int64_t max_b
 
 ConversionReport convert(nn::Module& model, ConvertOptions o) {
   ConversionReport report;
-  convert_visit(model, "", o, report);
+  std::optional<QParams> flow; // the model's input is float
+  convert_visit(model, "", o, report, flow);
   return report;
 }
 

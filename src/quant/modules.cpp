@@ -1,6 +1,7 @@
 // src/quant/modules.cpp — the modules quantization puts into a model: stubs and QuantWrapper,
 // fused float modules, QAT modules (weights fake-quantized; PyTorch's intrinsic QAT ConvBn2d),
-// and the converted ones (int8 weights + qparams; evaluated by dequantizing for now).
+// and the converted ones (int8 weights + qparams; integer kernels via src/quant/int8.cpp, or
+// dequantized weights where the layer cannot run them).
 //
 // QAT Conv-BN (PyTorch's _ConvBnNd._forward_approximate), per output channel c:
 //   s_c = gamma_c / sqrt(running_var_c + eps)
@@ -9,6 +10,8 @@
 // batch statistics (training) or, once frozen, the running ones. Folding (eval):
 //   W'_c = W_c s_c,  b'_c = (b_c - running_mean_c) s_c + beta_c
 #include <tb/quant.h>
+
+#include "src/quant/int8.h"
 
 #include <cmath>
 
@@ -236,7 +239,26 @@ Tensor QuantizedConv2d::int_weight() const {
   return int_weight_of(*this, weight_shape, wqmin, wqmax);
 }
 
+void set_input_buffers(nn::Module& m, const QParams& p) {
+  TB_CHECK(!p.per_channel && p.scale.numel() == 1, "{}: input qparams must be per tensor",
+           m.type_name());
+  if (m.has_buffer("input_scale")) {
+    m.get("input_scale").copy_(p.scale.reshape({1}));
+    m.get("input_zero_point").copy_(p.zero_point.reshape({1}));
+    return;
+  }
+  m.register_buffer("input_scale", p.scale.detach().to(kFloat32).reshape({1}).clone());
+  m.register_buffer("input_zero_point", p.zero_point.detach().to(kInt32).reshape({1}).clone());
+}
+
+void QuantizedConv2d::set_input_qparams(const QParams& p) { set_input_buffers(*this, p); }
+void QuantizedLinear::set_input_qparams(const QParams& p) { set_input_buffers(*this, p); }
+
 Tensor QuantizedConv2d::forward(const Tensor& x) {
+  if (integer) {
+    if (Tensor y = int8::conv2d_forward(*this, x); y.defined()) return y;
+    off_grid_calls++; // an input no quantizer made: the float path, as the fake-quant model
+  }
   Tensor w = dequantize_tensor(int_weight(), weight_qparams());
   return apply_act(act, conv2d(x, w, find("bias"), params));
 }
@@ -257,6 +279,10 @@ Tensor QuantizedLinear::int_weight() const {
 }
 
 Tensor QuantizedLinear::forward(const Tensor& x) {
+  if (integer) {
+    if (Tensor y = int8::linear_forward(*this, x); y.defined()) return y;
+    off_grid_calls++;
+  }
   Tensor w = dequantize_tensor(int_weight(), weight_qparams());
   return apply_act(act, linear(x, w, find("bias")));
 }
@@ -268,7 +294,15 @@ Quantize::Quantize(const QParams& p) : qmin(p.qmin), qmax(p.qmax) {
 }
 
 Tensor Quantize::forward(const Tensor& x) {
-  return fake_quantize_per_tensor_affine(x, get("scale"), get("zero_point"), qmin, qmax);
+  // Tags are only made for [0, 255] grids: a tensor tagged with this same grid is already
+  // quantized onto it (an integer layer's output), and quantizing again would not change it.
+  if (auto g = int8::tagged_grid(x); g && qmin == 0 && qmax == 255 && !x.requires_grad() &&
+                                      g->scale == get("scale").item() &&
+                                      g->zp == (int32_t)get("zero_point").item())
+    return x;
+  Tensor y = fake_quantize_per_tensor_affine(x, get("scale"), get("zero_point"), qmin, qmax);
+  if (qmin == 0 && qmax == 255) int8::tag_grid(y, qparams()); // the grids integer layers use
+  return y;
 }
 
 QParams Quantize::qparams() const {

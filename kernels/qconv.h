@@ -1,0 +1,124 @@
+// kernels/qconv.h — integer (u8 x s8 -> u8) convolution and linear for converted models, and the
+// integer elementwise / pooling loops around them. Raw pointers and sizes, never a Tensor.
+//
+// Shapes: activations are uint8 CHANNELS-LAST: x [N, H, W, C], y [N, OH, OW, O] (linear: x [N, I],
+// y [N, O]); weights int8 contiguous [O, C/groups, KH, KW] (linear [O, I]) with weight zero point 0
+// (symmetric: the default qconfig; a converted layer with other weights keeps the float path and
+// convert's report says why). Geometry as kernels/conv.h.
+//
+// The arithmetic (one rule, the same in ref and cpu):
+//   acc_o  = sum over taps of (x_q - in_zp) * w_q                     int32, exact; a padded tap
+//                                                                     contributes 0 (real zero)
+//   v      = (float(acc_o) + float(bias_q[o])) * M[o]                 float32
+//            M[o] = in_scale * w_scale[o] / out_scale (the caller computes it in float32)
+//            bias_q[o] = round_half_even(b[o] / (in_scale * w_scale[o])) (int32, as PyTorch's
+//            fbgemm / onednn quantize the bias), or no bias
+//   ReLU:  v = max(v, 0);   Clip (ReLU6): v = min(max(v, 0), clip_hi), clip_hi = 6 / out_scale
+//   y_q    = clamp(round_half_even(v + float(out_zp)), 0, 255)
+// i.e. oneDNN 2.6's int8 order (bias before the output scale, post-ops before the destination
+// zero point, rounding to nearest even by the CPU's default mode). float(acc) is exact while
+// |acc| < 2^24; beyond (e.g. 3x3x64 taps all at the range ends) both round it to nearest even
+// the same way, so ref and cpu still agree bit for bit.
+// Note the zero point is added BEFORE rounding (oneDNN), where fake-quant rounds first and adds
+// the zero point after: at an exact .5 tie with an odd zero point the two differ by one step.
+//
+// Three tables:
+//   QConvKernels::ref  — kernels/ref/qconv.cpp: plain loops, the specification;
+//   QConvKernels::cpu  — kernels/cpu/qconv_onednn.cpp: oneDNN u8 x s8 convolution / matmul with
+//                        output scales, src / dst zero points, s32 bias and ReLU / clip post-ops,
+//                        primitives cached per geometry (and, for convs, output scales);
+//   QConvKernels::cuda — none (null).
+// QElementwiseKernels (add, mul, cat, relu / relu6 / hardswish, max / average pooling) are
+// reference loops only (kernels/ref/qelementwise.cpp); see that struct.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "kernels/conv.h"
+
+namespace tb::kernels {
+
+// The activation fused into the requantization (see the rule above).
+enum class QAct { None, ReLU, Clip };
+
+// How the int32 accumulator becomes the uint8 output (the rule above).
+struct Requant {
+  int32_t in_zp = 0, out_zp = 0;  // in [0, 255]
+  const float* multiplier = nullptr; // [O] M[o] (a per-tensor scale repeated O times)
+  const int32_t* bias = nullptr;     // [O] bias_q in accumulator units, or nullptr
+  QAct act = QAct::None;
+  float clip_hi = 0;                 // QAct::Clip: the upper bound of v (6 / out_scale)
+};
+
+// A convolution prepared once for a geometry, its weights and its requantization constants
+// (multiplier, act, clip_hi, whether there is a bias): the cpu plan holds the oneDNN primitive and
+// the weights already reordered into its blocked layout (with the src-zero-point compensation),
+// the ref plan a copy of the weights. Opaque to the caller, immutable once made.
+struct QConvPlan {
+  virtual ~QConvPlan() = default;
+};
+
+struct QConvKernels {
+  // y = requant(conv(x - in_zp, w)): x uint8 [N, H, W, C], w int8 [O, C/groups, KH, KW],
+  // y uint8 [N, OH, OW, O] (every element written).
+  void (*conv2d)(const Conv2dGeom& g, const uint8_t* x, const int8_t* w, const Requant& r,
+                 uint8_t* y);
+  // The same in two steps, for a layer that runs many times: prepare once (w is copied or
+  // reordered; the caller may free it after), then run with r's zero points and bias (its
+  // multiplier, act, clip_hi and bias-or-not must be those the plan was made with).
+  // Measured on MobileNetV2 (1 thread, batch 1): the per-call weight reorder of conv2d was half
+  // of the int8 model's time.
+  std::shared_ptr<const QConvPlan> (*prepare_conv2d)(const Conv2dGeom& g, const int8_t* w,
+                                                     const Requant& r);
+  void (*run_conv2d)(const QConvPlan& plan, const uint8_t* x, const Requant& r, uint8_t* y);
+  // y = requant((x - in_zp) w^T): x uint8 [N, I], w int8 [O, I], y uint8 [N, O].
+  void (*linear)(int64_t N, int64_t I, int64_t O, const uint8_t* x, const int8_t* w,
+                 const Requant& r, uint8_t* y);
+
+  static const QConvKernels ref, cpu, cuda;
+};
+
+// One quantization grid of an activation: real = (q - zp) * scale, q in [0, 255].
+enum class QActivation { ReLU, ReLU6, Hardswish };
+
+struct QGrid {
+  float scale = 1;
+  int32_t zp = 0;
+};
+
+// The integer elementwise and pooling ops between integer layers, plain loops (reference only).
+// Each computes the real result from the dequantized inputs in float32 and quantizes it onto the
+// output grid with y = clamp(round_half_even(v / out.scale) + out.zp, 0, 255) (fake-quant's rule,
+// v * (1.0f / scale) as PyTorch), so an integer layer equals the fake-quant one exactly.
+struct QElementwiseKernels {
+  // y = q((a - a.zp) a.scale + (b - b.zp) b.scale), n elements (the residual join).
+  void (*add)(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y, QGrid gy,
+              int64_t n);
+  // y = q(a~ * b~) with b broadcast: a [outer, inner], b [outer] if b_per_row else [outer, inner]
+  // (the SE scale: a [N*C, H*W] times b [N*C]).
+  void (*mul)(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y, QGrid gy,
+              int64_t outer, int64_t inner, bool b_per_row);
+  // Concatenation of k inputs along the last of [outer, width_i]: y [outer, sum width_i], each
+  // input requantized to gy.
+  void (*cat)(const uint8_t* const* xs, const QGrid* gs, const int64_t* widths, int64_t k,
+              uint8_t* y, QGrid gy, int64_t outer);
+  // relu / relu6 / hardswish (PyTorch's formulas) of x~, n elements, requantized to gy (with
+  // gy == gx, ReLU is max(x, zp) exactly, as PyTorch's quantized relu).
+  void (*activation)(QActivation kind, const uint8_t* x, QGrid gx, uint8_t* y, QGrid gy,
+                     int64_t n);
+  // Max pooling on uint8 directly (the order is preserved by the affine map): x [N, H, W, C],
+  // y [N, OH, OW, C]; padded taps are ignored (PyTorch's -inf padding). Same grid in and out.
+  void (*max_pool2d)(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t KH,
+                     int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, uint8_t* y,
+                     int64_t OH, int64_t OW);
+  // Average pooling (count_include_pad, PyTorch's default): y = q(mean of x~ over the window,
+  // padded taps counted as real zero), x [N, H, W, C], y [N, OH, OW, C].
+  void (*avg_pool2d)(const uint8_t* x, QGrid gx, int64_t N, int64_t C, int64_t H, int64_t W,
+                     int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                     uint8_t* y, QGrid gy, int64_t OH, int64_t OW);
+
+  static const QElementwiseKernels ref;
+};
+
+} // namespace tb::kernels
