@@ -559,4 +559,64 @@ class Cat : public Module {
   int64_t dim;
 };
 
+// =============================================================================================
+// Recurrent layers (src/nn/rnn.cpp)
+
+// nn.LSTM's settings, PyTorch's names and defaults:
+//   LSTM lstm({.input_size = 28, .hidden_size = 128, .num_layers = 2, .batch_first = true});
+// dropout, bidirectional and proj_size are refused (tb::Error) unless left at their defaults.
+struct LSTMOptions {
+  int64_t input_size = 0, hidden_size = 0;
+  int64_t num_layers = 1;
+  bool bias = true;
+  bool batch_first = false; // input/output [N, T, F] instead of [T, N, F]
+  double dropout = 0.0;
+  bool bidirectional = false;
+  int64_t proj_size = 0;
+  TensorOptions tensor = {}; // dtype and device of the weights
+};
+
+// What LSTM::forward_with_state returns: `auto [y, h_n, c_n] = lstm.forward_with_state(x);`.
+struct LSTMResult {
+  Tensor output;   // [T, N, H] ([N, T, H] batch_first; [T, H] unbatched): h of the last layer
+  Tensor h_n, c_n; // [num_layers, N, H] ([num_layers, H] unbatched): the final states
+};
+
+// PyTorch's nn.LSTM (unidirectional). Per layer k and time step t, with gates in the order
+// i, f, g, o (rows of the weights):
+//   G = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh          [N, 4H]
+//   i = σ(G_i), f = σ(G_f), g = tanh(G_g), o = σ(G_o)
+//   c_t = f ⊙ c_{t-1} + i ⊙ g,   h_t = o ⊙ tanh(c_t)
+// Layer k > 0 takes layer k-1's h_t as its x_t. Parameters weight_ih_l{k} [4H, in],
+// weight_hh_l{k} [4H, H], bias_ih_l{k}, bias_hh_l{k} [4H], all initialised
+// U(-1/sqrt(H), 1/sqrt(H)). Input [T, N, input_size] (batch_first: [N, T, input_size]) or
+// unbatched [T, input_size]. Autograd runs through the ops (x W_ih^T for all steps is one matmul).
+class LSTM : public Module {
+ public:
+  explicit LSTM(const LSTMOptions& o);
+  // The output sequence only (zero initial state).
+  Tensor forward(const Tensor& x) override;
+  // Output and final states; h0, c0 [num_layers, N, H] ([num_layers, H] unbatched), both or
+  // neither (zeros).
+  LSTMResult forward_with_state(const Tensor& x, const Tensor& h0 = Tensor(),
+                                const Tensor& c0 = Tensor());
+  int64_t input_size() const { return get("weight_ih_l0").size(1); }
+  int64_t hidden_size() const { return get("weight_hh_l0").size(1); }
+  int64_t num_layers() const { return num_layers_; }
+  bool batch_first() const { return batch_first_; }
+  bool has_bias() const { return has_parameter("bias_ih_l0"); }
+  TB_MODULE(LSTM)
+  std::string extra_repr() const override;
+
+ private:
+  int64_t num_layers_ = 1;
+  bool batch_first_ = false;
+};
+
+// Checks an LSTM input and initial state against the sizes (for LSTM and its quantized twin).
+// Returns true when the input is batched (3-D). Names `who` in the tb::Error.
+bool check_lstm_input(const char* who, const Tensor& x, const Tensor& h0, const Tensor& c0,
+                      int64_t input_size, int64_t hidden_size, int64_t num_layers,
+                      bool batch_first);
+
 } // namespace tb::nn

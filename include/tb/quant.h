@@ -411,8 +411,20 @@ void update_bn_stats(nn::Module& m);
 // Converted conv / linear: buffer "weight" int8 [O, I/g, kh, kw] (or [O, I]; uint8 for unsigned
 // ranges; ranges of at most 16 levels packed two a byte as uint8 [ceil(n/2)] holding q - qmin, low
 // nibble first) with "weight_scale" float32 [O] or [1] and "weight_zero_point" int32; "bias"
-// float32. Until the integer-inference issue lands, forward dequantizes the weight and runs the
-// float op (then the activation); the output is quantized by its "activation_post_process".
+// float32. Its output is quantized by its "activation_post_process" (a Quantize).
+// Integer inference (src/quant/int8.cpp, docs/quantization.md): when convert finds the layer's
+// input quantized (it records that quantizer's qparams as buffers "input_scale" float32 [1] and
+// "input_zero_point" int32 [1]), 8-bit uint8 activations on both sides and signed int8 weights
+// with zero point 0, it sets `integer` and forward runs the u8 x s8 kernels of kernels/qconv.h
+// (int32 accumulation, bias quantized to int32 with scale input_scale * weight_scale, fused
+// ReLU / ReLU6 in the requantization) on a float input that lies on a quantization grid (the
+// one a Quantize tagged it with, else the recorded one; checked element by element), returning
+// the uint8 result dequantized. Otherwise (`float_reason` says why) forward dequantizes the
+// weight and runs the float op, as the fake-quant model does; so does an integer layer given an
+// input on no known grid (not quantized in the fake-quant model either, e.g. after a functional
+// mean in a parent's forward), counted in `off_grid_calls`.
+// The kernels follow tb::set_cpu_kernels: oneDNN (Fast) or the reference loops (Reference).
+// Inference only: no gradient flows through the integer path.
 class QuantizedConv2d : public nn::Module {
  public:
   QuantizedConv2d(const Tensor& weight_float, const Tensor& bias, Conv2dParams params,
@@ -420,11 +432,19 @@ class QuantizedConv2d : public nn::Module {
   Tensor forward(const Tensor& x) override;
   QParams weight_qparams() const;
   Tensor int_weight() const; // the integer weight [O, I/g, kh, kw], unpacked
+  // Registers the input quantizer's qparams (buffers input_scale, input_zero_point).
+  void set_input_qparams(const QParams& p);
   TB_MODULE(QuantizedConv2d)
   Conv2dParams params;
   FusedAct act;
   int64_t wqmin, wqmax;
   Shape weight_shape;
+  bool integer = false;     // forward runs the integer kernels
+  std::string float_reason; // why not, when it does not
+  int64_t off_grid_calls = 0; // integer layer, calls whose input was on no grid (ran float)
+  // The prepared integer kernel (src/quant/int8.cpp): remade when the input shape or grid, the
+  // output grid or the weight buffer (its storage or version) changes.
+  std::shared_ptr<void> int8_plan;
 };
 class QuantizedLinear : public nn::Module {
  public:
@@ -432,13 +452,19 @@ class QuantizedLinear : public nn::Module {
   Tensor forward(const Tensor& x) override;
   QParams weight_qparams() const;
   Tensor int_weight() const; // [O, I], unpacked
+  void set_input_qparams(const QParams& p); // as QuantizedConv2d's
   TB_MODULE(QuantizedLinear)
   FusedAct act;
   int64_t wqmin, wqmax;
   Shape weight_shape;
+  bool integer = false; // as QuantizedConv2d's: x [..., I] -> [..., O]
+  std::string float_reason;
+  int64_t off_grid_calls = 0;
 };
 // A fixed quantize-dequantize of an activation (per tensor): buffers scale [1] float32,
-// zero_point [1] int32. What convert leaves where an observer was.
+// zero_point [1] int32. What convert leaves where an observer was. Its output is marked as lying
+// on its grid (for the integer layers after it); a tensor an integer layer already produced on
+// this same grid passes through unchanged (quantizing it again would give the same values).
 class Quantize : public nn::Module {
  public:
   explicit Quantize(const QParams& p);
@@ -522,7 +548,9 @@ struct ConvertOptions {
   bool allow_uncalibrated = false;
 };
 // Replaces conv / linear (float, fused, QAT) by QuantizedConv2d / QuantizedLinear with int8
-// weights and their qparams, and every observer / fake-quant by a fixed Quantize.
+// weights and their qparams, and every observer / fake-quant by a fixed Quantize. Each converted
+// layer whose input and output are quantized to uint8 and whose weights are symmetric int8 runs
+// the integer kernels (see QuantizedConv2d); the report says which kernel each layer runs and why.
 ConversionReport convert(nn::Module& model, ConvertOptions o = {});
 
 // Post-training quantization in one call: prepare, run `calibration` (at most max_batches
@@ -544,6 +572,88 @@ struct QuantizationStatistics {
 };
 QuantizationStatistics get_quantization_statistics(nn::Module& model, data::DataLoader& loader,
                                                    int64_t max_batches = 0);
+
+// =============================================================================================
+// 7. Dynamic quantization (src/quant/dynamic.cpp): PyTorch's quantize_dynamic. Weights are int8
+// ahead of time (symmetric, per output channel by default); activations are quantized on the fly,
+// per call and per tensor, to uint8 from the batch's own min and max; the product is an int8 GEMM
+// with int32 accumulation and a float output. Inference only; no calibration.
+//
+//   tb::quant::ConversionReport r = tb::quant::quantize_dynamic(*model);  // Linear and LSTM
+//
+// Activation qparams, as PyTorch 1.13's x86 dynamic kernels (ChooseQuantizationParams with
+// reduce_range, range [0, 127], so that u8 x s8 pairs cannot saturate 16-bit intermediate sums):
+//   lo = min(min x, 0), hi = max(max x, 0), scale = (hi - lo) / 127 (0.1 when that is 0; raised
+//   to 6.1e-5 with the range widened when below), zero_point = the nearer-error of
+//   0 - lo/scale and 127 - hi/scale, rounded and clamped;
+//   xq = clamp(nearbyint(x * (1/scale)) + zp, 0, 255)
+//   y[m, n] = float(sum_k (xq[m,k] - zp) * wq[n,k]) * (scale * w_scale[n]) + bias[n]
+// The LSTM quantizes its input sequence once per layer ([T*N, in], one min/max over all steps,
+// as PyTorch's precomputed input projection) and its hidden state at every step.
+
+// Which float layers quantize_dynamic converts.
+enum class DynamicType { Linear, LSTM };
+
+struct DynamicQuantOptions {
+  // Weights per output channel (PyTorch's per_channel_dynamic_qconfig) or per tensor (its
+  // default_dynamic_qconfig); symmetric int8 [-128, 127] either way.
+  bool per_channel = true;
+  // Activations in [0, 127] (PyTorch's x86 setting) instead of [0, 255].
+  bool reduce_range = true;
+};
+
+// The activation qparams above, for a batch whose values lie in [min, max].
+struct DynamicQParams {
+  float scale = 1.0f;
+  int32_t zero_point = 0;
+};
+DynamicQParams choose_dynamic_qparams(float min, float max, bool reduce_range = true);
+
+// y = dynamic-quantized x [..., K] times int8 weight [N, K] (scales float32 [N] or [1]) plus
+// bias float32 [N] (optional); float32 [..., N]. Runs oneDNN's u8 x s8 -> s32 matmul, or the
+// plain loop under set_cpu_kernels(CpuKernels::Reference); both give the same int32 sums.
+Tensor dynamic_linear(const Tensor& x, const Tensor& weight_int8, const Tensor& weight_scale,
+                      const Tensor& bias, bool reduce_range = true);
+
+// A Linear with int8 weights: buffers "weight" int8 [O, I], "weight_scale" float32 [O] or [1]
+// (symmetric: no zero point is stored, it is 0), "bias" float32 [O] (when the Linear had one).
+class DynamicQuantizedLinear : public nn::Module {
+ public:
+  DynamicQuantizedLinear(const nn::Linear& linear, DynamicQuantOptions o = {});
+  Tensor forward(const Tensor& x) override;
+  int64_t in_features() const { return get("weight").size(1); }
+  int64_t out_features() const { return get("weight").size(0); }
+  TB_MODULE(DynamicQuantizedLinear)
+  std::string extra_repr() const override;
+  bool reduce_range = true;
+};
+
+// An LSTM with int8 weights: per layer k, buffers "weight_ih_l{k}" / "weight_hh_l{k}" int8 with
+// "<name>_scale" float32 [4H] or [1] (zero point 0), and "bias_ih_l{k}" / "bias_hh_l{k}"
+// float32 (state_dict keys as the float LSTM's plus the qparams). Same inputs and outputs as
+// nn::LSTM.
+class DynamicQuantizedLSTM : public nn::Module {
+ public:
+  DynamicQuantizedLSTM(const nn::LSTM& lstm, DynamicQuantOptions o = {});
+  Tensor forward(const Tensor& x) override;
+  nn::LSTMResult forward_with_state(const Tensor& x, const Tensor& h0 = Tensor(),
+                                    const Tensor& c0 = Tensor());
+  int64_t input_size() const { return get("weight_ih_l0").size(1); }
+  int64_t hidden_size() const { return get("weight_hh_l0").size(1); }
+  TB_MODULE(DynamicQuantizedLSTM)
+  std::string extra_repr() const override;
+  int64_t num_layers = 1;
+  bool batch_first = false, reduce_range = true;
+};
+
+// Replaces every Linear / LSTM of the listed types in the tree (in place) by its dynamic
+// quantized twin; the report lists each converted layer ("quantized") and each other leaf with
+// parameters that stays float ("skipped", with the reason). The root itself must be a container
+// (wrap a lone layer in a Sequential). Checkpoints: quant::save / quant::load.
+ConversionReport quantize_dynamic(nn::Module& model,
+                                  const std::vector<DynamicType>& types = {DynamicType::Linear,
+                                                                           DynamicType::LSTM},
+                                  DynamicQuantOptions o = {});
 
 // Checkpoints: the state_dict plus metadata "tb.quant" = "prepared" | "qat" | "converted"
 // (docs/quantization.md). load() needs a model of the same structure (float model put through
