@@ -122,25 +122,10 @@ static void add_flags(CLI::App& app, Options& o) {
 
 // ---- 1. Models ----------------------------------------------------------------------------------
 
-// The main job's CNN with c1/c2 channels: conv c1 -> BN -> ReLU -> pool, conv c2 -> BN -> ReLU ->
-// pool, 7·7·c2 -> 128 -> 10. Teacher: 32/64 (the same keys as train_fashion_mnist's "cnn").
-static tb::nn::ModulePtr make_cnn(int64_t c1, int64_t c2) {
-  using namespace tb::nn;
-  auto conv = [](int64_t in, int64_t out) {
-    return std::make_shared<Conv2d>(
-        Conv2dOptions{.in_channels = in, .out_channels = out, .kernel_size = 3, .padding = 1});
-  };
-  return std::make_shared<Sequential>(std::initializer_list<ModulePtr>{
-      conv(1, c1), std::make_shared<BatchNorm2d>(c1), std::make_shared<ReLU>(),
-      std::make_shared<MaxPool2d>(2), conv(c1, c2), std::make_shared<BatchNorm2d>(c2),
-      std::make_shared<ReLU>(), std::make_shared<MaxPool2d>(2), std::make_shared<Flatten>(),
-      std::make_shared<Linear>(c2 * 7 * 7, 128), std::make_shared<ReLU>(),
-      std::make_shared<Linear>(128, 10)});
-}
-
 static tb::nn::ModulePtr make_model(const std::string& name) {
-  if (name == "cnn") return make_cnn(32, 64);
-  if (name == "cnn8_16") return make_cnn(8, 16);
+  // The main job's CNN (32/64 channels) is the teacher; at width 0.25 (8/16 channels), a student.
+  if (name == "cnn") return tb::models::cnn({.num_classes = 10, .in_channels = 1});
+  if (name == "cnn8_16") return tb::models::cnn({.num_classes = 10, .in_channels = 1, .width_mult = 0.25});
   return tb::models::mobilenet_v2(
       {.num_classes = 10, .small_input = true, .in_channels = 1, .width_mult = 0.5});
 }

@@ -85,27 +85,6 @@ static void add_flags(CLI::App& app, Options& o) {
 
 // ---- 1. Models -----------------------------------------------------------------------------------
 
-// The CNN of train_fashion_mnist: conv 32 -> pool -> conv 64 -> pool -> 3136 -> 128 -> 10.
-static ModulePtr make_cnn() {
-  using namespace tb::nn;
-  auto net = std::make_shared<Sequential>();
-  net->push_back(std::make_shared<Conv2d>(Conv2dOptions{.in_channels = 1, .out_channels = 32,
-                                                        .kernel_size = 3, .padding = 1}));
-  net->push_back(std::make_shared<BatchNorm2d>(32));
-  net->push_back(std::make_shared<ReLU>());
-  net->push_back(std::make_shared<MaxPool2d>(2));
-  net->push_back(std::make_shared<Conv2d>(Conv2dOptions{.in_channels = 32, .out_channels = 64,
-                                                        .kernel_size = 3, .padding = 1}));
-  net->push_back(std::make_shared<BatchNorm2d>(64));
-  net->push_back(std::make_shared<ReLU>());
-  net->push_back(std::make_shared<MaxPool2d>(2));
-  net->push_back(std::make_shared<Flatten>());
-  net->push_back(std::make_shared<Linear>(64 * 7 * 7, 128));
-  net->push_back(std::make_shared<ReLU>());
-  net->push_back(std::make_shared<Linear>(128, 10));
-  return net;
-}
-
 // LeNet-300-100, the lottery ticket paper's MLP.
 static ModulePtr make_lenet() {
   using namespace tb::nn;
@@ -116,7 +95,7 @@ static ModulePtr make_lenet() {
 }
 
 static ModulePtr make_model(const std::string& name) {
-  if (name == "cnn") return make_cnn();
+  if (name == "cnn") return tb::models::cnn({.num_classes = 10, .in_channels = 1});
   if (name == "lenet_300_100") return make_lenet();
   return tb::models::create(name, {.num_classes = 10, .small_input = true, .in_channels = 1});
 }

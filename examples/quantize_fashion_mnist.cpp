@@ -83,25 +83,7 @@ static ModulePtr make_model(const std::string& name) {
   if (name == "mobilenet_v2")
     return tb::models::create(name, {.num_classes = 10, .small_input = true, .in_channels = 1});
   TB_CHECK(name == "cnn", "--models: unknown model '{}' (accepts cnn, mobilenet_v2)", name);
-  using namespace tb::nn;
-  auto conv = [](int64_t in, int64_t out) {
-    return std::make_shared<Conv2d>(
-        Conv2dOptions{.in_channels = in, .out_channels = out, .kernel_size = 3, .padding = 1});
-  };
-  auto net = std::make_shared<Sequential>();
-  net->push_back(conv(1, 32));
-  net->push_back(std::make_shared<BatchNorm2d>(32));
-  net->push_back(std::make_shared<ReLU>());
-  net->push_back(std::make_shared<MaxPool2d>(2));
-  net->push_back(conv(32, 64));
-  net->push_back(std::make_shared<BatchNorm2d>(64));
-  net->push_back(std::make_shared<ReLU>());
-  net->push_back(std::make_shared<MaxPool2d>(2));
-  net->push_back(std::make_shared<Flatten>());
-  net->push_back(std::make_shared<Linear>(64 * 7 * 7, 128));
-  net->push_back(std::make_shared<ReLU>());
-  net->push_back(std::make_shared<Linear>(128, 10));
-  return net;
+  return tb::models::cnn({.num_classes = 10, .in_channels = 1}); // the main job's CNN
 }
 
 // ---- 2. Training (the float baseline and the QAT fine-tunes) ------------------------------------

@@ -190,7 +190,7 @@ struct ModelOptions {
   // stem max-pool (ResNet, ShuffleNet) is dropped; everything else (names, later strides) stays.
   bool small_input = false;
   int64_t in_channels = 3;
-  double width_mult = 1.0;        // mobilenet_v1 / mobilenet_v2 only
+  double width_mult = 1.0;        // mobilenet_v1 / mobilenet_v2 / cnn only
   std::optional<double> dropout;  // classifier dropout; nullopt: the model's default (0.2)
   double stochastic_depth_prob = 0.2; // efficientnet_b0 (torchvision's default)
 };
@@ -207,10 +207,24 @@ ModulePtr shufflenet_v2_x0_5(const ModelOptions& o = {});
 ModulePtr shufflenet_v2_x1_0(const ModelOptions& o = {});
 ModulePtr efficientnet_b0(const ModelOptions& o = {});
 
+// The main job's Fashion-MNIST CNN (the one examples/train_fashion_mnist.cpp,
+// quantize_fashion_mnist.cpp and prune_fashion_mnist.cpp train), defined once here. A Sequential,
+// so its state_dict keys are "0.weight" ... "11.bias" as in those examples' checkpoints:
+//   0 Conv2d(in_channels, 32, 3, padding 1)  1 BatchNorm2d(32)  2 ReLU  3 MaxPool2d(2)
+//   4 Conv2d(32, 64, 3, padding 1)           5 BatchNorm2d(64)  6 ReLU  7 MaxPool2d(2)
+//   8 Flatten  9 Linear(64*7*7, 128)  10 ReLU  11 Linear(128, num_classes)
+// Input [N, in_channels, 28, 28]; PyTorch's default initialisation; 421,834 parameters and about
+// 4.2M multiply-adds per image (10 classes, 1 channel). The main job's model is
+// cnn({.num_classes = 10, .in_channels = 1}); create("cnn", o) passes o through. width_mult scales
+// the two convs (round(32w), round(64w)): 0.25 is the distillation example's 8/16-channel student;
+// small_input and dropout do not apply.
+ModulePtr cnn(const ModelOptions& o);
+
 // Names create() knows: resnet18 resnet50 mobilenet_v1 mobilenet_v2 mobilenet_v3_small
 // shufflenet_v2_x0_5 shufflenet_v2_x1_0 efficientnet_b0.
 std::vector<std::string> model_names();
-// Builds a model by name; tb::Error listing the known names otherwise.
+// Builds a model by name (one of model_names(), or "cnn" for the CNN above, which model_names()
+// leaves out: it only takes 28×28 inputs); tb::Error listing the known names otherwise.
 ModulePtr create(const std::string& name, const ModelOptions& o = {});
 
 } // namespace tb::models

@@ -348,6 +348,33 @@ ModulePtr efficientnet_b0(const ModelOptions& o) {
   return net;
 }
 
+// ---- the main job's CNN ------------------------------------------------------------------------
+
+// 28x28 -> conv 32w -> pool 14x14 -> conv 64w -> pool 7x7 -> 7*7*64w -> 128 -> num_classes.
+ModulePtr cnn(const ModelOptions& o) {
+  check_options("cnn", o);
+  auto conv3x3 = [](int64_t in, int64_t out) {
+    return std::make_shared<Conv2d>(
+        Conv2dOptions{.in_channels = in, .out_channels = out, .kernel_size = 3, .padding = 1});
+  };
+  int64_t c1 = std::max<int64_t>(1, std::llround(32 * o.width_mult));
+  int64_t c2 = std::max<int64_t>(1, std::llround(64 * o.width_mult));
+  auto net = std::make_shared<Sequential>();
+  net->push_back(conv3x3(o.in_channels, c1));
+  net->push_back(std::make_shared<BatchNorm2d>(c1));
+  net->push_back(std::make_shared<ReLU>());
+  net->push_back(std::make_shared<MaxPool2d>(2));
+  net->push_back(conv3x3(c1, c2));
+  net->push_back(std::make_shared<BatchNorm2d>(c2));
+  net->push_back(std::make_shared<ReLU>());
+  net->push_back(std::make_shared<MaxPool2d>(2));
+  net->push_back(std::make_shared<Flatten>());
+  net->push_back(std::make_shared<Linear>(c2 * 7 * 7, 128));
+  net->push_back(std::make_shared<ReLU>());
+  net->push_back(std::make_shared<Linear>(128, o.num_classes));
+  return net;
+}
+
 // ---- by name -----------------------------------------------------------------------------------
 
 namespace {
@@ -375,8 +402,10 @@ std::vector<std::string> model_names() {
 ModulePtr create(const std::string& name, const ModelOptions& o) {
   for (auto& [n, f] : registry())
     if (n == name) return f(o);
+  if (name == "cnn") return cnn(o);
   std::string known;
-  for (auto& n : model_names()) known += (known.empty() ? "" : ", ") + n;
+  for (auto& n : model_names()) known += n + ", ";
+  known += "cnn";
   throw Error(fmt::format("models::create: unknown model '{}'; known: {}", name, known));
 }
 
