@@ -45,7 +45,7 @@ struct Options {
   int64_t limit_train = 0, limit_test = 0; // use only the first N images (0: all); quick runs
   int stop_after = 0;               // stop after this many epochs, as if interrupted (tests)
   ex::OnNonFinite on_nonfinite = ex::OnNonFinite::stop;
-  std::string model = "cnn";        // "cnn" (below) or a zoo model (small-input variant)
+  std::string model = "cnn";        // "cnn" (tb::models::cnn) or a zoo model (small-input variant)
   Amp amp = Amp::none;
   int64_t max_steps = 0;            // stop each epoch after N steps (0: all); speed measurements
 };
@@ -76,7 +76,8 @@ static void add_flags(CLI::App& app, Options& o) {
   app.add_option("--on-nonfinite", o.on_nonfinite, "when the loss or a gradient is NaN/Inf: stop "
                  "the run or skip the step")->transform(ex::one_of(ex::kOnNonFinite))
       ->default_str("stop");
-  app.add_option("--model", o.model, "cnn (below) or a zoo model, small-input variant")
+  app.add_option("--model", o.model,
+                 "cnn (the main job's CNN, tb::models::cnn) or a zoo model, small-input variant")
       ->check(ex::one_of(models));
   app.add_option("--amp", o.amp, "mixed precision: none, bf16 (autocast to bfloat16) or fp16 "
                  "(float16 with a GradScaler)")->transform(ex::one_of(kAmp))->default_str("none");
@@ -86,27 +87,12 @@ static void add_flags(CLI::App& app, Options& o) {
 
 // ---- 1. The model -------------------------------------------------------------------------------
 
-// 28x28 -> conv 32 -> pool 14x14 -> conv 64 -> pool 7x7 -> 3136 -> 128 -> 10 classes.
+// "cnn": the main job's CNN, defined once in tb::models (28x28 -> conv 32 -> pool 14x14 ->
+// conv 64 -> pool 7x7 -> 3136 -> 128 -> 10 classes); any other name: a zoo model with its 3x3
+// stride-1 stem for 1x28x28 inputs.
 static tb::nn::ModulePtr make_model(const std::string& name) {
-  if (name != "cnn") // any model of the zoo, with its 3x3 stride-1 stem for 1x28x28 inputs
-    return tb::models::create(name, {.num_classes = 10, .small_input = true, .in_channels = 1});
-  using namespace tb::nn;
-  auto net = std::make_shared<Sequential>();
-  net->push_back(std::make_shared<Conv2d>(
-      Conv2dOptions{.in_channels = 1, .out_channels = 32, .kernel_size = 3, .padding = 1}));
-  net->push_back(std::make_shared<BatchNorm2d>(32));
-  net->push_back(std::make_shared<ReLU>());
-  net->push_back(std::make_shared<MaxPool2d>(2));
-  net->push_back(std::make_shared<Conv2d>(
-      Conv2dOptions{.in_channels = 32, .out_channels = 64, .kernel_size = 3, .padding = 1}));
-  net->push_back(std::make_shared<BatchNorm2d>(64));
-  net->push_back(std::make_shared<ReLU>());
-  net->push_back(std::make_shared<MaxPool2d>(2));
-  net->push_back(std::make_shared<Flatten>());
-  net->push_back(std::make_shared<Linear>(64 * 7 * 7, 128));
-  net->push_back(std::make_shared<ReLU>());
-  net->push_back(std::make_shared<Linear>(128, 10));
-  return net;
+  if (name == "cnn") return tb::models::cnn({.num_classes = 10, .in_channels = 1});
+  return tb::models::create(name, {.num_classes = 10, .small_input = true, .in_channels = 1});
 }
 
 // ---- 2. Training --------------------------------------------------------------------------------

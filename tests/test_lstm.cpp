@@ -322,6 +322,7 @@ TEST_CASE("checkpoint round trip, about a quarter of the float file") {
   std::string qp = (dir / "tb_dyn_int8.safetensors").string();
   nn::save(*net, fp);
   q::quantize_dynamic(*net);
+  CHECK(q::stage(*net) == "dynamic");
   q::save(*net, qp);
   double ratio = (double)std::filesystem::file_size(qp) / std::filesystem::file_size(fp);
   MESSAGE("int8 / float file size = " << ratio);
@@ -329,6 +330,8 @@ TEST_CASE("checkpoint round trip, about a quarter of the float file") {
   auto other = make(); // different random weights
   q::quantize_dynamic(*other);
   q::load(*other, qp);
+  auto plain = make(); // a float model is refused: the file's stage is "dynamic"
+  CHECK_THROWS_AS(q::load(*plain, qp), Error);
   no_grad ng;
   Tensor x = randn({2, 5, 28});
   CHECK(max_abs_diff((*other)(x), (*net)(x)) == 0);

@@ -660,7 +660,7 @@ ConversionReport quantize_dynamic(nn::Module& model,
 // the same prepare / prepare_qat / convert with allow_uncalibrated) and checks the stage.
 void save(nn::Module& model, const std::string& path);
 void load(nn::Module& model, const std::string& path);
-// The stage of a model's tree: "float", "prepared", "qat" or "converted".
+// The stage of a model's tree: "float", "prepared", "qat", "converted" or "dynamic".
 std::string stage(nn::Module& model);
 
 } // namespace tb::quant

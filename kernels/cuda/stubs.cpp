@@ -11,12 +11,14 @@
 // src/ops/dispatch.h). When a family's .cu lands, move its line up into part 1.
 #include "kernels/batchnorm.h"
 #include "kernels/conv.h"
+#include "kernels/conv_infer.h"
 #include "kernels/copy.h"
 #include "kernels/cuda_runtime.h"
 #include "kernels/elementwise.h"
 #include "kernels/fake_quant.h"
 #include "kernels/matmul.h"
 #include "kernels/pool.h"
+#include "kernels/qconv.h"
 #include "kernels/reduce.h"
 #include "kernels/softmax.h"
 #include "kernels/sparse.h"
@@ -58,5 +60,7 @@ const Pool2dKernels Pool2dKernels::cuda = {};
 const BatchNormKernels BatchNormKernels::cuda = {};
 const FakeQuantKernels FakeQuantKernels::cuda = {};
 const SparseKernels SparseKernels::cuda = {};
+const ConvInferKernels ConvInferKernels::cuda = {};
+const QConvKernels QConvKernels::cuda = {};
 
 } // namespace tb::kernels

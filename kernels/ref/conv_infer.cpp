@@ -66,7 +66,5 @@ void ref_run(const ConvInferPlan& plan, const float* x, const float* r, float* y
 } // namespace
 
 const ConvInferKernels ConvInferKernels::ref = {.prepare = ref_prepare, .run = ref_run};
-// No CUDA kernel yet (belongs with the other null tables in kernels/cuda/stubs.cpp).
-const ConvInferKernels ConvInferKernels::cuda = {};
 
 } // namespace tb::kernels

@@ -80,7 +80,5 @@ const QConvKernels QConvKernels::ref = {.conv2d = ref_qconv2d,
                                         .prepare_conv2d = ref_prepare_qconv2d,
                                         .run_conv2d = ref_run_qconv2d,
                                         .linear = ref_qlinear};
-// No CUDA integer kernels: a null table (the module layer raises tb::Error for CUDA tensors).
-const QConvKernels QConvKernels::cuda = {};
 
 } // namespace tb::kernels

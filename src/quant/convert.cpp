@@ -291,6 +291,8 @@ std::string stage(nn::Module& model) {
     if (dynamic_cast<QuantizedConv2d*>(m) || dynamic_cast<QuantizedLinear*>(m) ||
         dynamic_cast<Quantize*>(m))
       return "converted";
+    if (dynamic_cast<DynamicQuantizedLinear*>(m) || dynamic_cast<DynamicQuantizedLSTM*>(m))
+      return "dynamic";
     if (dynamic_cast<FakeQuantizeBase*>(m) || dynamic_cast<QATConv2d*>(m) ||
         dynamic_cast<QATLinear*>(m) || dynamic_cast<QATConvBn2d*>(m))
       qat = true;
