@@ -143,8 +143,10 @@ struct GlobalOptions {
 void global_unstructured(nn::Module& root, const std::vector<std::string>& names,
                          const GlobalOptions& o);
 
-// The paths of the weights of every Conv2d and Linear in `root`, in named_modules() order
-// ("0.weight", "4.weight", "9.weight", ...): the usual targets of global pruning.
+// The paths of the weights of every Conv2d and Linear in `root`, and of every other module with
+// a parameter "weight" of 2 or more dims (e.g. tb::quant's QATConv2d, QATConvBn2d, QATLinear), in
+// named_modules() order ("0.weight", "4.weight", "9.weight", ...): the usual targets of global
+// pruning.
 std::vector<std::string> prunable_weights(nn::Module& root);
 
 // Makes the pruning of `name` permanent (PyTorch's remove): the parameter `name` comes back (the

@@ -199,9 +199,15 @@ void custom_from_mask(nn::Module& module, const std::string& name, const Tensor&
 
 std::vector<std::string> prunable_weights(nn::Module& root) {
   std::vector<std::string> out;
-  for (auto& [path, m] : root.named_modules())
-    if (dynamic_cast<nn::Conv2d*>(m) || dynamic_cast<nn::Linear*>(m))
+  for (auto& [path, m] : root.named_modules()) {
+    // Conv2d and Linear, and any other module whose "weight" parameter (or, when pruned,
+    // "weight_orig") is a matrix or a filter bank: the QAT conv / linear of tb::quant, so masks
+    // can be added to a model that prepare_qat() has already rewritten.
+    std::string p = m->has_parameter("weight_orig") ? "weight_orig" : "weight";
+    bool matrix_like = m->has_parameter(p) && m->get(p).dim() >= 2;
+    if (dynamic_cast<nn::Conv2d*>(m) || dynamic_cast<nn::Linear*>(m) || matrix_like)
       out.push_back(path.empty() ? "weight" : path + ".weight");
+  }
   return out;
 }
 

@@ -11,10 +11,16 @@
 //   da = sum dy [x >= a].
 // No fused multiply-add: every product and sum is rounded on its own, as in PyTorch's kernels
 // (-march=native would otherwise let GCC contract a + b * c and move results by an ulp).
+//
+// Under autocast the fake-quant ops are on the float32 list: a bfloat16/float16 input (a conv's
+// or linear's output in a QAT model) is cast up and the result is float32, so the grid values
+// (q - z)·s are exact and QAT composes with mixed precision. (PyTorch 1.13 raises "not
+// implemented for 'BFloat16'" there instead.) Outside autocast a half input is refused.
 #pragma GCC optimize("fp-contract=off")
 #include <tb/quant.h>
 
 #include "kernels/fake_quant.h"
+#include "src/ops/autocast.h"
 #include "src/ops/dispatch.h"
 
 #include <cmath>
@@ -101,9 +107,10 @@ int64_t wrap_axis(const char* op, int64_t axis, const Tensor& x) {
 
 } // namespace
 
-Tensor fake_quantize_per_tensor_affine(const Tensor& x, const Tensor& scale,
+Tensor fake_quantize_per_tensor_affine(const Tensor& x_in, const Tensor& scale,
                                        const Tensor& zero_point, int64_t qmin, int64_t qmax) {
   const char* op = "fake_quantize_per_tensor_affine";
+  Tensor x = autocast_fp32(x_in);
   check_args(op, x, scale, zero_point, 1, qmin, qmax, kInt32);
   return fake_quant_impl(op, x, scale, zero_point, -1, qmin, qmax);
 }
@@ -116,11 +123,12 @@ Tensor fake_quantize_per_tensor_affine(const Tensor& x, double scale, int64_t ze
                                          qmin, qmax);
 }
 
-Tensor fake_quantize_per_channel_affine(const Tensor& x, const Tensor& scale,
+Tensor fake_quantize_per_channel_affine(const Tensor& x_in, const Tensor& scale,
                                         const Tensor& zero_point, int64_t axis, int64_t qmin,
                                         int64_t qmax) {
   const char* op = "fake_quantize_per_channel_affine";
-  check_defined(op, x, "input");
+  check_defined(op, x_in, "input");
+  Tensor x = autocast_fp32(x_in);
   int64_t a = wrap_axis(op, axis, x);
   check_args(op, x, scale, zero_point, x.size(a), qmin, qmax, kInt32);
   return fake_quant_impl(op, x, scale, zero_point, a, qmin, qmax);
@@ -188,20 +196,22 @@ Tensor learnable_impl(const char* op, const Tensor& x, const Tensor& scale, cons
 
 } // namespace
 
-Tensor fake_quantize_learnable_per_tensor_affine(const Tensor& x, const Tensor& scale,
+Tensor fake_quantize_learnable_per_tensor_affine(const Tensor& x_in, const Tensor& scale,
                                                  const Tensor& zero_point, int64_t qmin,
                                                  int64_t qmax, double grad_factor) {
   const char* op = "fake_quantize_learnable_per_tensor_affine";
+  Tensor x = autocast_fp32(x_in);
   check_args(op, x, scale, zero_point, 1, qmin, qmax, kFloat32);
   return learnable_impl(op, x, scale, zero_point, -1, qmin, qmax, grad_factor, true);
 }
 
-Tensor fake_quantize_learnable_per_channel_affine(const Tensor& x, const Tensor& scale,
+Tensor fake_quantize_learnable_per_channel_affine(const Tensor& x_in, const Tensor& scale,
                                                   const Tensor& zero_point, int64_t axis,
                                                   int64_t qmin, int64_t qmax,
                                                   double grad_factor) {
   const char* op = "fake_quantize_learnable_per_channel_affine";
-  check_defined(op, x, "input");
+  check_defined(op, x_in, "input");
+  Tensor x = autocast_fp32(x_in);
   int64_t a = wrap_axis(op, axis, x);
   check_args(op, x, scale, zero_point, x.size(a), qmin, qmax, kFloat32);
   return learnable_impl(op, x, scale, zero_point, a, qmin, qmax, grad_factor, false);
@@ -209,9 +219,10 @@ Tensor fake_quantize_learnable_per_channel_affine(const Tensor& x, const Tensor&
 
 // ---- PACT -------------------------------------------------------------------------------------
 
-Tensor pact_fake_quantize(const Tensor& x, const Tensor& alpha, int64_t qmax) {
+Tensor pact_fake_quantize(const Tensor& x_in, const Tensor& alpha, int64_t qmax) {
   const char* op = "pact_fake_quantize";
-  check_defined(op, x, "input");
+  check_defined(op, x_in, "input");
+  Tensor x = autocast_fp32(x_in);
   check_defined(op, alpha, "alpha");
   TB_CHECK(alpha.numel() == 1 && alpha.dtype() == kFloat32,
            "{}: expected alpha float32 [1], got {} {}", op, dtype_name(alpha.dtype()),

@@ -8,6 +8,8 @@
 // PACT (Choi et al. 2018): the activation is clipped to a learned alpha before quantization.
 #include <tb/quant.h>
 
+#include "src/ops/autocast.h"
+
 #include <cmath>
 
 namespace tb::quant {
@@ -71,7 +73,9 @@ ObserverBase& FakeQuantize::observer() const {
   return *o;
 }
 
-Tensor FakeQuantize::forward(const Tensor& x) {
+Tensor FakeQuantize::forward(const Tensor& x_in) {
+  // Under autocast the observer and the fake-quant both see the float32 value (see fake_quant.cpp).
+  Tensor x = autocast_fp32(x_in);
   ObserverBase& obs = observer();
   if (observer_enabled()) {
     obs(x.detach());
