@@ -28,8 +28,9 @@
 //                        output scales, src / dst zero points, s32 bias and ReLU / clip post-ops,
 //                        primitives cached per geometry (and, for convs, output scales);
 //   QConvKernels::cuda — none (null).
-// QElementwiseKernels (add, mul, cat, relu / relu6 / hardswish, max / average pooling) are
-// reference loops only (kernels/ref/qelementwise.cpp); see that struct.
+// QElementwiseKernels (add, mul, cat, relu / relu6 / hardswish, max / average pooling): the
+// reference loops (kernels/ref/qelementwise.cpp) and the same arithmetic in OpenMP-parallel loops
+// (kernels/cpu/qelementwise.cpp; equal bit for bit, tested); see that struct.
 #pragma once
 
 #include <cstdint>
@@ -87,18 +88,20 @@ struct QGrid {
   int32_t zp = 0;
 };
 
-// The integer elementwise and pooling ops between integer layers, plain loops (reference only).
-// Each computes the real result from the dequantized inputs in float32 and quantizes it onto the
-// output grid with y = clamp(round_half_even(v / out.scale) + out.zp, 0, 255) (fake-quant's rule,
-// v * (1.0f / scale) as PyTorch), so an integer layer equals the fake-quant one exactly.
+// The integer elementwise and pooling ops between integer layers. Each computes the real result
+// from the dequantized inputs in float32 and quantizes it onto the output grid with
+// y = clamp(round_half_even(v / out.scale) + out.zp, 0, 255) (fake-quant's rule, v * (1.0f / scale)
+// as PyTorch), so an integer layer equals the fake-quant one exactly (up to the order of a sum).
+// Two tables: ref (plain loops, the specification) and cpu (the same float operations in the same
+// order per element, OpenMP over rows: equal bit for bit).
 struct QElementwiseKernels {
   // y = q((a - a.zp) a.scale + (b - b.zp) b.scale), n elements (the residual join).
   void (*add)(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y, QGrid gy,
               int64_t n);
-  // y = q(a~ * b~) with b broadcast: a [outer, inner], b [outer] if b_per_row else [outer, inner]
-  // (the SE scale: a [N*C, H*W] times b [N*C]).
+  // y = q(a~ * b~), a and y [N, P, C]; b [N, C] broadcast over P if b_broadcast, else [N, P, C].
+  // The SE scale on channels-last data: a [N, H*W, C] times b [N, C].
   void (*mul)(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y, QGrid gy,
-              int64_t outer, int64_t inner, bool b_per_row);
+              int64_t N, int64_t P, int64_t C, bool b_broadcast);
   // Concatenation of k inputs along the last of [outer, width_i]: y [outer, sum width_i], each
   // input requantized to gy.
   void (*cat)(const uint8_t* const* xs, const QGrid* gs, const int64_t* widths, int64_t k,
@@ -118,7 +121,7 @@ struct QElementwiseKernels {
                      int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                      uint8_t* y, QGrid gy, int64_t OH, int64_t OW);
 
-  static const QElementwiseKernels ref;
+  static const QElementwiseKernels ref, cpu;
 };
 
 } // namespace tb::kernels

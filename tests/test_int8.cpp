@@ -1,7 +1,10 @@
 // int8: integer inference (kernels/qconv.h, src/quant/int8.cpp) — oneDNN u8 x s8 kernels against
 // the reference loops, the requantization rounding rule on hand-computed cases, the reference
-// against the fake-quant formula, converted models (the small CNN, MobileNetV2 small-input)
-// against their fake-quant twins layer by layer, and the bad inputs.
+// against the fake-quant formula, the integer joins / pools / activations (OpenMP table against
+// the reference, the reference against float op + fake-quant), converted models (the small CNN,
+// the zoo at small input) against their fake-quant twins layer by layer with uint8 activations
+// flowing between the integer layers, convert's keep_faster report, and the bad inputs (among
+// them a quantized activation given to a float op).
 //
 // Tolerances, each with its reason:
 //  - oneDNN vs reference kernels: exact (both do the float32 requantization of kernels/qconv.h in
@@ -118,11 +121,15 @@ void randomise_bn(nn::Module& m, uint64_t seed) {
 }
 
 // The quantized model and its fake-quant twin: two converts of the same calibrated model, the
-// twin's layers forced onto the dequantized-weight path (= the fake-quant model in eval).
+// twin's layers forced onto the dequantized-weight path (= the fake-quant model in eval). With
+// `uint8_flow` the integer model is converted with the input shape, so that uint8 activations
+// travel between its integer modules; else its layers pass float carriers.
 struct Twins {
   nn::ModulePtr integer, fake;
+  q::ConversionReport report;
 };
-Twins convert_twins(nn::ModulePtr float_model, const Shape& input, int batches) {
+Twins convert_twins(nn::ModulePtr float_model, const Shape& input, int batches,
+                    bool uint8_flow = true) {
   randomise_bn(*float_model, 12);
   float_model->eval();
   q::fuse_modules(*float_model, q::find_fusable_groups(*float_model));
@@ -134,13 +141,13 @@ Twins convert_twins(nn::ModulePtr float_model, const Shape& input, int batches) 
     for (int i = 0; i < batches; i++) (*model)(randn(input, {}, &g));
   }
   nn::ModulePtr fake = nn::clone(*model);
-  q::convert(*model);
+  q::ConversionReport rep = q::convert(*model, {.input_shape = uint8_flow ? input : Shape{}});
   q::convert(*fake);
   for (auto* m : fake->modules()) {
     if (auto* c = dynamic_cast<q::QuantizedConv2d*>(m)) c->integer = false;
     if (auto* l = dynamic_cast<q::QuantizedLinear*>(m)) l->integer = false;
   }
-  return {model, fake};
+  return {model, fake, rep};
 }
 
 double out_scale(nn::Module& layer) {
@@ -148,15 +155,49 @@ double out_scale(nn::Module& layer) {
 }
 
 // Every integer layer of `t.integer` against the same layer of `t.fake` on the same input
-// (captured by a hook): at most one output step apart. Returns the number of layers checked.
-// `off_grid`: the layers whose input no quantizer made (they ran the float path, as the
-// fake-quant model does); every other integer layer must have run the integer kernel.
+// (captured by a hook, dequantized when it is a uint8 activation): at most one output step
+// apart. Returns the number of layers checked. `off_grid`: the layers whose input no quantizer
+// made (they ran the float path, as the fake-quant model does); every other integer layer must
+// have run the integer kernel. `uint8_inputs` (when given) counts the layers whose input was a
+// uint8 activation. The integer joins, activations and pools given uint8 inputs are checked the
+// same way against their twin's float op + Quantize (`joins` counts those calls).
 int check_layers(Twins& t, const Tensor& x, int64_t* differing = nullptr,
-                 const std::set<std::string>& off_grid = {}) {
+                 const std::set<std::string>& off_grid = {}, int* uint8_inputs = nullptr,
+                 int* joins = nullptr) {
   std::vector<nn::HookHandle> hooks;
   int checked = 0;
   int64_t diff_count = 0;
   for (auto& [path, m] : t.integer->named_modules()) {
+    bool join = dynamic_cast<q::QuantizedAdd*>(m) || dynamic_cast<q::QuantizedMul*>(m) ||
+                dynamic_cast<q::QuantizedCat*>(m) || dynamic_cast<q::QuantizedReLU*>(m) ||
+                dynamic_cast<q::QuantizedReLU6*>(m) || dynamic_cast<q::QuantizedHardswish*>(m) ||
+                dynamic_cast<q::QuantizedMaxPool2d*>(m) || dynamic_cast<q::QuantizedAvgPool2d*>(m) ||
+                dynamic_cast<q::QuantizedAdaptiveAvgPool2d*>(m) ||
+                dynamic_cast<q::QuantizedFlatten*>(m);
+    if (join) {
+      nn::Module* twin = &t.fake->get_submodule(path);
+      std::string p = path;
+      hooks.push_back(m->register_forward_hook(
+          [twin, p, joins](nn::Module& mod, const std::vector<Tensor>& in, const Tensor& y) {
+            bool all_u8 = true;
+            std::vector<Tensor> fin;
+            for (const Tensor& t : in) {
+              all_u8 &= q::is_quantized_activation(t);
+              fin.push_back(q::dequantize(t));
+            }
+            if (!all_u8) return;
+            Tensor yf = (*twin)(fin);
+            // Max pooling and flatten keep the input's grid: exact. The others requantize
+            // (one step at most: an average's or hardswish's float sum order).
+            bool keeps = !mod.has_child("activation_post_process");
+            double step = keeps ? 0 : out_scale(mod);
+            double d = tbtest::max_abs_diff(q::dequantize(y), q::dequantize(yf));
+            CHECK_MESSAGE(d <= step * 1.001, p << " (" << mod.type_name() << "): integer vs "
+                                               << "fake-quant differ by " << d);
+            if (joins) (*joins)++;
+          }));
+      continue;
+    }
     bool conv = dynamic_cast<q::QuantizedConv2d*>(m) != nullptr;
     bool lin = dynamic_cast<q::QuantizedLinear*>(m) != nullptr;
     if (!conv && !lin) continue;
@@ -166,11 +207,13 @@ int check_layers(Twins& t, const Tensor& x, int64_t* differing = nullptr,
     nn::Module* twin = &t.fake->get_submodule(path);
     std::string p = path;
     hooks.push_back(m->register_forward_hook(
-        [twin, p, &checked, &diff_count](nn::Module& mod, const std::vector<Tensor>& in,
-                                         const Tensor& y) {
-          Tensor yf = (*twin)(in[0]);
+        [twin, p, &checked, &diff_count, uint8_inputs](nn::Module& mod,
+                                                       const std::vector<Tensor>& in,
+                                                       const Tensor& y) {
+          if (uint8_inputs && q::is_quantized_activation(in[0])) (*uint8_inputs)++;
+          Tensor yf = (*twin)(q::dequantize(in[0]));
           double step = out_scale(mod);
-          std::vector<double> a = y.to_vector(), b = yf.to_vector();
+          std::vector<double> a = q::dequantize(y).to_vector(), b = q::dequantize(yf).to_vector();
           REQUIRE(a.size() == b.size());
           double worst = 0;
           for (size_t i = 0; i < a.size(); i++) {
@@ -384,10 +427,10 @@ TEST_CASE("integer add / mul / cat / activations / pools equal float op + fake-q
   CHECK(max_diff(y, to_q(add(ta, tb_), gy)) == 0);
   // SE scale: a [N*C, H*W] times b [N*C].
   auto s = random_u8(N * C, g);
-  K.mul(a.data(), ga, s.data(), gb, y.data(), gy, N * C, H * W, true);
+  K.mul(a.data(), ga, s.data(), gb, y.data(), gy, N * C, H * W, 1, true);
   Tensor prod = mul(deq_tensor(a, {N * C, H * W}, ga), deq_tensor(s, {N * C, 1}, gb));
   CHECK(max_diff(y, to_q(prod, gy)) == 0);
-  K.mul(a.data(), ga, b.data(), gb, y.data(), gy, N * C, H * W, false);
+  K.mul(a.data(), ga, b.data(), gb, y.data(), gy, 1, n, 1, false);
   CHECK(max_diff(y, to_q(mul(ta, tb_), gy)) == 0);
   // Concatenation along the channels of NHWC: [N*H*W, C] and [N*H*W, 3] -> [N*H*W, C + 3].
   auto c2 = random_u8(N * H * W * 3, g);
@@ -420,11 +463,57 @@ TEST_CASE("integer add / mul / cat / activations / pools equal float op + fake-q
   CHECK(max_diff(yp, to_q(avg_pool2d(tn, pp).permute({0, 2, 3, 1}), gy)) <= 1);
 }
 
+TEST_CASE("integer add / mul / cat / activations / pools: the OpenMP table equals the reference") {
+  Generator g(23);
+  const auto& R = k::QElementwiseKernels::ref;
+  const auto& F = k::QElementwiseKernels::cpu;
+  // Odd sizes; grids with zero points at the range ends.
+  k::QGrid ga{0.031f, 0}, gb{0.017f, 255}, gy{0.05f, 131};
+  int64_t N = 3, C = 19, H = 11, W = 9, n = N * C * H * W;
+  auto a = random_u8(n, g), b = random_u8(n, g), s = random_u8(N * C, g);
+  auto same = [](const std::vector<uint8_t>& x, const std::vector<uint8_t>& y) { return x == y; };
+  std::vector<uint8_t> yr(n), yf(n);
+  R.add(a.data(), ga, b.data(), gb, yr.data(), gy, n);
+  F.add(a.data(), ga, b.data(), gb, yf.data(), gy, n);
+  CHECK(same(yr, yf));
+  R.mul(a.data(), ga, s.data(), gb, yr.data(), gy, N, H * W, C, true);
+  F.mul(a.data(), ga, s.data(), gb, yf.data(), gy, N, H * W, C, true);
+  CHECK(same(yr, yf));
+  R.mul(a.data(), ga, b.data(), gb, yr.data(), gy, N, H * W, C, false);
+  F.mul(a.data(), ga, b.data(), gb, yf.data(), gy, N, H * W, C, false);
+  CHECK(same(yr, yf));
+  for (auto kind : {k::QActivation::ReLU, k::QActivation::ReLU6, k::QActivation::Hardswish}) {
+    R.activation(kind, a.data(), ga, yr.data(), gy, n);
+    F.activation(kind, a.data(), ga, yf.data(), gy, n);
+    CHECK(same(yr, yf));
+  }
+  auto c2 = random_u8(N * H * W * 5, g);
+  const uint8_t* xs[2] = {a.data(), c2.data()};
+  k::QGrid gs[2] = {ga, gb};
+  int64_t widths[2] = {C, 5};
+  std::vector<uint8_t> cr(N * H * W * (C + 5)), cf(cr.size());
+  R.cat(xs, gs, widths, 2, cr.data(), gy, N * H * W);
+  F.cat(xs, gs, widths, 2, cf.data(), gy, N * H * W);
+  CHECK(same(cr, cf));
+  struct P { int64_t k, s, p; };
+  for (P pp : std::vector<P>{{3, 2, 1}, {2, 2, 0}, {3, 1, 1}, {5, 3, 2}}) {
+    INFO("pool k " << pp.k << " s " << pp.s << " p " << pp.p);
+    int64_t OH = (H + 2 * pp.p - pp.k) / pp.s + 1, OW = (W + 2 * pp.p - pp.k) / pp.s + 1;
+    std::vector<uint8_t> pr(N * OH * OW * C), pf(pr.size());
+    R.max_pool2d(a.data(), N, C, H, W, pp.k, pp.k, pp.s, pp.s, pp.p, pp.p, pr.data(), OH, OW);
+    F.max_pool2d(a.data(), N, C, H, W, pp.k, pp.k, pp.s, pp.s, pp.p, pp.p, pf.data(), OH, OW);
+    CHECK(same(pr, pf));
+    R.avg_pool2d(a.data(), ga, N, C, H, W, pp.k, pp.k, pp.s, pp.s, pp.p, pp.p, pr.data(), gy, OH, OW);
+    F.avg_pool2d(a.data(), ga, N, C, H, W, pp.k, pp.k, pp.s, pp.s, pp.p, pp.p, pf.data(), gy, OH, OW);
+    CHECK(same(pr, pf));
+  }
+}
+
 // ---- 3. converted models: integer = fake-quant -----------------------------------------------------
 
 TEST_CASE("small_net: every integer layer equals its fake-quant twin within one step") {
   manual_seed(3);
-  Twins t = convert_twins(tbtest::small_net(), {8, 2, 3, 3}, 4);
+  Twins t = convert_twins(tbtest::small_net(), {8, 2, 3, 3}, 4, /*uint8_flow=*/false);
   Tensor x = randn({8, 2, 3, 3});
   CHECK(check_layers(t, x) == 2);
   no_grad ng;
@@ -453,7 +542,14 @@ TEST_CASE("the main job's CNN: integer layers, model output, reference kernels a
   Twins t = convert_twins(net, {16, 1, 28, 28}, 3);
   Tensor x = randn({16, 1, 28, 28});
   int64_t differing = 0;
-  CHECK(check_layers(t, x, &differing) == 4);
+  int uint8_inputs = 0, joins = 0;
+  CHECK(check_layers(t, x, &differing, {}, &uint8_inputs, &joins) == 4);
+  CHECK(joins == 3); // the two max pools and the flatten, on uint8
+  // uint8 activations all the way: the QuantStub's output, the max pools, the flatten and the
+  // ReLU-fused fc1 hand uint8 to the next integer layer, the last one to the DeQuantStub.
+  CHECK(uint8_inputs == 4);
+  CHECK(t.report.float_outputs == 0);
+  CHECK(t.report.uint8_outputs >= 7);
   MESSAGE("CNN: " << differing << " layer outputs differ by one step from fake-quant");
   no_grad ng;
   Tensor yi = (*t.integer)(x), yf = (*t.fake)(x);
@@ -480,8 +576,16 @@ TEST_CASE("mobilenet_v2 (small input): every integer layer within one step of fa
   // The classifier's input comes from the functional adaptive_avg_pool2d in MobileNetV2's
   // forward, which no observer sees: unquantized in the fake-quant model too, so that Linear runs
   // the float path on it.
-  int n = check_layers(t, x, &differing, {"module.classifier.1"});
+  int uint8_inputs = 0, joins = 0;
+  int n = check_layers(t, x, &differing, {"module.classifier.1"}, &uint8_inputs, &joins);
+  CHECK(joins == 10); // the residual adds, integer
   CHECK(n >= 50);
+  CHECK(uint8_inputs == n - 1); // all but the classifier
+  // The last feature conv's output is read by the functional pool only: it stays float.
+  bool features_out_float = false;
+  for (const auto& r : t.report.float_output_reasons)
+    features_out_float |= r.find("no module reads it") != std::string::npos;
+  CHECK(features_out_float);
   MESSAGE("mobilenet_v2: " << n << " integer layers, " << differing
                            << " outputs differ by one step from fake-quant");
   no_grad ng;
@@ -493,6 +597,180 @@ TEST_CASE("mobilenet_v2 (small input): every integer layer within one step of fa
   // (this seed, fixed): within one step of the output grid.
   CHECK(tbtest::max_abs_diff(yi, yf) <= step * 1.001);
   CHECK(allclose(isfinite(yi).to(kFloat32), ones_like(yi)));
+}
+
+TEST_CASE("the zoo (small input): uint8 activations between integer layers, each within one step") {
+  // Per model: the layers whose input is computed by code in the model's forward that no
+  // observer sees (a functional mean), so it is not quantized in the fake-quant model either.
+  // `float_inputs`: how many integer layers may get a float carrier: those after a functional
+  // op, and ShuffleNetV2's after its ChannelShuffle (a module of the model layer, which has no
+  // integer twin: the Cat before it hands it a float carrier, checked and re-quantized exactly).
+  struct Z { const char* name; std::set<std::string> off_grid; int float_inputs; };
+  std::vector<Z> zoo = {{"resnet18", {}, 0},
+                        {"mobilenet_v1", {}, 0},
+                        {"mobilenet_v3_small", {}, 0},
+                        {"shufflenet_v2_x0_5", {"module.fc"}, 19},
+                        {"efficientnet_b0", {}, 0}};
+  uint64_t seed = 30;
+  for (const Z& z : zoo) {
+    INFO(z.name);
+    manual_seed(seed++);
+    auto m = models::create(z.name, {.num_classes = 10, .small_input = true, .in_channels = 1});
+    Twins t = convert_twins(m, {2, 1, 28, 28}, 2);
+    Tensor x = randn({2, 1, 28, 28});
+    int64_t differing = 0;
+    int uint8_inputs = 0, joins = 0;
+    int n = check_layers(t, x, &differing, z.off_grid, &uint8_inputs, &joins);
+    CHECK(joins > 0);
+    MESSAGE(std::string(z.name) << ": " << joins << " integer joins / activations / pools");
+    MESSAGE(std::string(z.name) << ": " << n << " integer layers, " << uint8_inputs << " with uint8 input, "
+                   << differing << " outputs one step from fake-quant; " << t.report.uint8_outputs
+                   << " module outputs uint8, " << t.report.float_outputs << " float");
+    for (const auto& r : t.report.float_output_reasons) MESSAGE("  " << r);
+    CHECK(n > 10);
+    CHECK(uint8_inputs == n - z.float_inputs);
+    no_grad ng;
+    Tensor yi = (*t.integer)(x), yf = (*t.fake)(x);
+    CHECK(yi.dtype() == kFloat32); // the DeQuantStub turned the last uint8 activation into float
+    CHECK(allclose(isfinite(yi).to(kFloat32), ones_like(yi)));
+  }
+}
+
+namespace {
+// A module whose forward reads its conv's output twice: through a module (the ReLU, which takes
+// uint8) and through a float function the trace cannot see.
+class TwoReaders : public nn::Module {
+ public:
+  TwoReaders() {
+    register_module("quant", std::make_shared<q::QuantStub>());
+    register_module("conv", std::make_shared<nn::Conv2d>(2, 4, 3));
+    register_module("relu", std::make_shared<nn::ReLU>());
+    register_module("dequant", std::make_shared<q::DeQuantStub>());
+  }
+  Tensor forward(const Tensor& x) override {
+    Tensor y = (*child("conv"))((*child("quant"))(x));
+    Tensor r = (*child("dequant"))((*child("relu"))(y));
+    return mode == 0 ? r : add(r, mean(y)); // mode 1: a float function reads y too
+  }
+  TB_MODULE(TwoReaders)
+  int mode = 0;
+};
+} // namespace
+
+TEST_CASE("uint8 flow: an output also read by code the trace cannot see fails loudly") {
+  manual_seed(13);
+  auto m = std::make_shared<TwoReaders>();
+  m->eval();
+  q::prepare(*m);
+  {
+    no_grad ng;
+    (*m)(randn({2, 2, 6, 6}));
+  }
+  q::ConversionReport rep = q::convert(*m, {.input_shape = {2, 2, 6, 6}});
+  CHECK(rep.uint8_outputs == 3); // the QuantStub's, the conv's and the ReLU's
+  no_grad ng;
+  Tensor x = randn({2, 2, 6, 6});
+  CHECK((*m)(x).dtype() == kFloat32);
+  m->mode = 1; // the forward changed after convert planned the flow: mean() gets uint8
+  check_error([&] { (*m)(x); }, {"mean", "quantized activation", "dequantize it first"});
+}
+
+TEST_CASE("convert keep_faster: each integer layer timed both ways, the report says which and why") {
+  manual_seed(12);
+  auto net = models::cnn({.num_classes = 10, .in_channels = 1, .width_mult = 0.25});
+  net->eval();
+  q::fuse_modules(*net, q::find_fusable_groups(*net));
+  auto model = std::make_shared<q::QuantWrapper>(net);
+  q::prepare(*model);
+  {
+    no_grad ng;
+    (*model)(randn({4, 1, 28, 28}));
+  }
+  check_error([&] { q::convert(*nn::clone(*model), {.keep_faster = true}); },
+              {"keep_faster", "input_shape"});
+  q::ConversionReport rep =
+      q::convert(*model, {.input_shape = {4, 1, 28, 28}, .keep_faster = true, .timing_runs = 3});
+  int timed = 0;
+  for (const auto& l : rep.layers) {
+    if (l.type != "QuantizedConv2d" && l.type != "QuantizedLinear") continue;
+    INFO(l.path << ": " << l.reason);
+    CHECK(l.int8_ms > 0);
+    CHECK(l.float_ms > 0);
+    bool integer = l.type == "QuantizedConv2d"
+                       ? dynamic_cast<q::QuantizedConv2d&>(model->get_submodule(l.path)).integer
+                       : dynamic_cast<q::QuantizedLinear&>(model->get_submodule(l.path)).integer;
+    // The choice follows the times, and the report says it with both of them.
+    CHECK(integer == (l.int8_ms < l.float_ms));
+    std::string want = integer ? "int8 kept: " : "kept float (keep_faster): int8 ";
+    CHECK(l.reason.find(want) != std::string::npos);
+    CHECK(l.reason.find("ms") != std::string::npos);
+    CHECK(l.reason.find("[4, ") != std::string::npos); // the traced input shape
+    if (!integer) {
+      const std::string& why =
+          l.type == "QuantizedConv2d"
+              ? dynamic_cast<q::QuantizedConv2d&>(model->get_submodule(l.path)).float_reason
+              : dynamic_cast<q::QuantizedLinear&>(model->get_submodule(l.path)).float_reason;
+      CHECK(why.find("keep_faster") != std::string::npos);
+    }
+    timed++;
+  }
+  CHECK(timed == 4);
+  MESSAGE(rep.str());
+  // Whatever was chosen, the model runs and its uint8 flow respects the float layers.
+  no_grad ng;
+  Tensor y = (*model)(randn({4, 1, 28, 28}));
+  CHECK(y.shape() == Shape{4, 10});
+  CHECK(y.dtype() == kFloat32);
+}
+
+TEST_CASE("quantized activations: float ops refuse them, dequantize / DeQuantStub turn them back") {
+  Tensor xf = mul(randint(-7, 20, {2, 3, 4, 5}).to(kFloat32), 0.1);
+  Tensor xq = q::dequantize(xf); // a float tensor is returned as it is
+  CHECK(xq.is_same(xf));
+  // Quantize with emit_uint8 makes a uint8 activation (channels-last) on its grid.
+  q::QParams p{.scale = full({1}, 0.1), .zero_point = full({1}, 7.0, TensorOptions(kInt32))};
+  q::Quantize quant(p);
+  quant.emit_uint8 = true;
+  Tensor a = quant(xf);
+  REQUIRE(q::is_quantized_activation(a));
+  CHECK(a.dtype() == kUInt8);
+  CHECK(a.shape() == xf.shape());
+  CHECK(a.is_channels_last());
+  CHECK(tbtest::max_abs_diff(q::dequantize(a), q::fake_quantize(xf, p)) == 0);
+  CHECK(quant(a).is_same(a)); // already on its grid
+  quant.emit_uint8 = false;
+  CHECK(quant(a).dtype() == kFloat32);
+  CHECK(tbtest::max_abs_diff(q::DeQuantStub()(a), q::fake_quantize(xf, p)) == 0);
+  // Float ops given one: tb::Error naming the op, saying what it is and what to do.
+  std::vector<std::string> want = {"quantized activation", "dequantize it first"};
+  auto with = [&](const char* op) {
+    std::vector<std::string> w = want;
+    w.push_back(op);
+    return w;
+  };
+  check_error([&] { conv2d(a, randn({2, 3, 3, 3}), Tensor(), {}); }, with("conv2d"));
+  check_error([&] { add(a, xf); }, with("add"));
+  check_error([&] { mul(xf, a); }, with("mul"));
+  check_error([&] { relu(a); }, with("relu"));
+  check_error([&] { max_pool2d(a, {.kernel_h = 2, .kernel_w = 2}); }, with("max_pool2d"));
+  check_error([&] { adaptive_avg_pool2d(a, 1, 1); }, with("adaptive_avg_pool2d"));
+  check_error([&] { mean(a, {2, 3}); }, with("mean"));
+  check_error([&] { softmax(a, 1); }, with("softmax"));
+  check_error([&] { batch_norm(a, zeros({3}), ones({3}), Tensor(), Tensor(), {}); },
+              with("batch_norm"));
+  quant.emit_uint8 = true;
+  Tensor a2 = quant(xf.reshape({6, 20})); // 2-D: row-major
+  REQUIRE(q::is_quantized_activation(a2));
+  CHECK(a2.is_contiguous());
+  check_error([&] { linear(a2, randn({4, 20}), Tensor()); }, with("linear"));
+  check_error([&] { nn::ReLU()(a); }, with("relu"));
+  // An ordinary uint8 tensor (no integer layer made it) is not a quantized activation.
+  Tensor plain = randint(0, 5, {2, 3}).to(kUInt8);
+  CHECK_FALSE(q::is_quantized_activation(plain));
+  CHECK(add(plain, plain).dtype() == kUInt8);
+  // Views share the grid (flatten, narrow); a copy does not.
+  CHECK(q::is_quantized_activation(a2.narrow(0, 1, 2)));
+  CHECK_FALSE(q::is_quantized_activation(a2.clone()));
 }
 
 TEST_CASE("convert's report says which kernel each layer runs, and why a layer stays float") {
@@ -528,7 +806,7 @@ TEST_CASE("convert's report says which kernel each layer runs, and why a layer s
 
 TEST_CASE("integer conv plans: made once per layer, remade when the weights change") {
   manual_seed(10);
-  Twins t = convert_twins(tbtest::small_net(), {8, 2, 3, 3}, 2);
+  Twins t = convert_twins(tbtest::small_net(), {8, 2, 3, 3}, 2, /*uint8_flow=*/false);
   Tensor x = randn({8, 2, 3, 3});
   no_grad ng;
   Tensor y1 = (*t.integer)(x);

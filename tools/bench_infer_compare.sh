@@ -6,7 +6,9 @@
 #   tools/bench_infer_compare.sh BUILD_DIR MODEL [PRECISION] [BATCH] [THREADS] [ITERS] [RUNS] [INPUT]
 #   e.g. tools/bench_infer_compare.sh build-bench resnet18 fp32 1 2 50 3
 # PRECISION fp32 (tb: optimize_for_inference; PyTorch: eager and jit-frozen) or int8 (both static,
-# PyTorch on onednn). INPUT CxHxW (default 1x28x28 for cnn, 3x224x224 otherwise).
+# PyTorch on onednn; the run also times tb's own fp32 and prints int8's speed-up over it, the
+# issue's "x our own FP32" goals). INPUT CxHxW (default 1x28x28 for cnn, 3x224x224 otherwise).
+# TB_INT8_FLAGS (environment) adds flags to tb's int8 side, e.g. TB_INT8_FLAGS=--keep-faster.
 # Needs python3-torch, python3-torchvision, libopenblas0-openmp (tools/setup.sh --torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +26,10 @@ torch_run() {
 }
 field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(eval('d' + sys.argv[2]))" "$1" "$2"; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-ratios=(); jit_ratios=()
+ratios=(); jit_ratios=(); own_ratios=()
+extra=(); [[ $precision == int8 ]] && read -r -a extra <<< "${TB_INT8_FLAGS:-}"
 for r in $(seq "$runs"); do
-  tb_json=$("$exe" bench "$model" --precision "$precision" "${common[@]}")
+  tb_json=$("$exe" bench "$model" --precision "$precision" "${common[@]}" "${extra[@]}")
   pt_json=$(torch_run --mode eager)
   tb_p50=$(field "$tb_json" "['latency_ms']['p50']"); pt_p50=$(field "$pt_json" "['latency_ms']['p50']")
   ratio=$(awk "BEGIN {printf \"%.2f\", $pt_p50 / $tb_p50}")
@@ -39,8 +42,16 @@ for r in $(seq "$runs"); do
     line+=", torch jit p50 $(printf %.3f "$jit_p50") ms, torch-jit/tb $jit_ratio"
     jit_ratios+=("$jit_ratio")
   fi
+  if [[ $precision == int8 ]]; then
+    own_json=$("$exe" bench "$model" --precision fp32 "${common[@]}")
+    own_p50=$(field "$own_json" "['latency_ms']['p50']")
+    own_ratio=$(awk "BEGIN {printf \"%.2f\", $own_p50 / $tb_p50}")
+    line+=", tb fp32 p50 $(printf %.3f "$own_p50") ms ($(printf %.0f "$(field "$own_json" "['images_per_s']")") img/s), tb-fp32/tb-int8 $own_ratio"
+    own_ratios+=("$own_ratio")
+  fi
   echo "$line"
 done
 echo "median over $runs runs of p50(torch eager) / p50(tb): $(printf '%s\n' "${ratios[@]}" | median)"
 [[ ${#jit_ratios[@]} -gt 0 ]] && echo "median over $runs runs of p50(torch jit) / p50(tb): $(printf '%s\n' "${jit_ratios[@]}" | median)"
+[[ ${#own_ratios[@]} -gt 0 ]] && echo "median over $runs runs of p50(tb fp32) / p50(tb int8): $(printf '%s\n' "${own_ratios[@]}" | median)"
 echo "($model $precision, batch $batch, $threads threads, $iters iterations, OMP_WAIT_POLICY=$OMP_WAIT_POLICY, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset})"

@@ -3,6 +3,8 @@
 // ("INT8 kernels").
 //
 //   build/tools/bench_int8 [--runs N] [--threads N] [--quick] [--cpu-time]
+//   build/tools/bench_int8 --profile MODEL [--batch N] [--runs N] [--threads N] [--keep-faster]
+//   build/tools/bench_int8 --profile elementwise [--runs N] [--threads N]
 //
 // --cpu-time times with the process's CPU clock instead of the wall clock (as bench_sparse): with
 // --threads 1 on a shared, oversubscribed machine it leaves out the time spent waiting for a core.
@@ -30,6 +32,7 @@
 #include <cstring>
 #include <ctime>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -153,7 +156,7 @@ void bench_model(const std::string& name, nn::ModulePtr f32, Shape input,
     calib[0] = 8;
     for (int i = 0; i < 4; i++) (*model)(randn(calib));
   }
-  quant::ConversionReport rep = quant::convert(*model);
+  quant::ConversionReport rep = quant::convert(*model, {.input_shape = input});
   int integer = 0, layers = 0;
   for (auto& l : rep.layers) {
     integer += l.reason.find("integer kernel") != std::string::npos;
@@ -171,23 +174,139 @@ void bench_model(const std::string& name, nn::ModulePtr f32, Shape input,
   }
 }
 
+// The integer elementwise kernels (QElementwiseKernels::cpu) on ResNet-18's and MobileNetV2's
+// largest shapes at batch 1, against the float op on the same number of float32 elements.
+void bench_elementwise(int runs) {
+  const auto& K = k::QElementwiseKernels::cpu;
+  k::QGrid ga{0.02f, 3}, gb{0.03f, 128}, gy{0.05f, 0};
+  for (int64_t n : {64 * 112 * 112, 64 * 56 * 56, 128 * 28 * 28}) {
+    std::vector<uint8_t> a(n, 7), b(n, 200), y(n);
+    Tensor f = randn({n}), g = randn({n});
+    double relu_q = median_ms([&] { K.activation(k::QActivation::ReLU, a.data(), ga, y.data(), gy, n); }, runs);
+    double add_q = median_ms([&] { K.add(a.data(), ga, b.data(), gb, y.data(), gy, n); }, runs);
+    double relu_f = median_ms([&] { relu(f); }, runs);
+    double add_f = median_ms([&] { add(f, g); }, runs);
+    std::printf("%9lld elements: relu int8 %.3f ms (f32 %.3f), add int8 %.3f ms (f32 %.3f)\n",
+                (long long)n, relu_q, relu_f, add_q, add_f);
+  }
+  // The CNN's first max pool at batch 64: [64, 32, 28, 28] -> 14x14, 2x2 stride 2.
+  int64_t N = 64, C = 32, H = 28, W = 28;
+  std::vector<uint8_t> x(N * C * H * W, 9), y(N * C * 14 * 14);
+  Tensor xf = randn({N, C, H, W}).contiguous_channels_last();
+  double mp_q = median_ms([&] { K.max_pool2d(x.data(), N, C, H, W, 2, 2, 2, 2, 0, 0, y.data(), 14, 14); }, runs);
+  double mp_f = median_ms([&] { max_pool2d(xf, {.kernel_h = 2, .kernel_w = 2}); }, runs);
+  std::printf("max pool 2x2 [64, 32, 28, 28]: int8 %.3f ms (f32 channels-last %.3f)\n", mp_q, mp_f);
+}
+
+// --profile MODEL: the converted model (zoo name at 3x224x224, or "cnn" at 1x28x28; batch
+// --batch) timed per module type: each leaf module's call, from its pre-hook to its last hook
+// (so a layer's time includes its Quantize; Quantize is also listed on its own), summed over
+// --runs passes, in ms per pass.
+void profile(const std::string& name, int64_t batch, int runs, bool keep_faster) {
+  bool is_cnn = name == "cnn";
+  nn::ModulePtr net = is_cnn ? cnn() : models::create(name, {});
+  Shape input = is_cnn ? Shape{batch, 1, 28, 28} : Shape{batch, 3, 224, 224};
+  net->eval();
+  auto groups = quant::find_fusable_groups(*net);
+  for (auto& [path, m] : net->named_modules()) // ResNet blocks: convK + bnK (as tb bench)
+    for (int k = 1; k <= 3; k++) {
+      std::string c = "conv" + std::to_string(k), b = "bn" + std::to_string(k);
+      std::string pre = path.empty() ? "" : path + ".";
+      if (m->has_child(c) && m->has_child(b) && dynamic_cast<nn::Conv2d*>(m->child(c).get()))
+        groups.push_back({pre + c, pre + b});
+    }
+  quant::fuse_modules(*net, groups);
+  auto model = std::make_shared<quant::QuantWrapper>(net);
+  quant::prepare(*model);
+  {
+    no_grad ng;
+    Shape calib = input;
+    calib[0] = std::min<int64_t>(batch, 8);
+    for (int i = 0; i < 2; i++) (*model)(randn(calib));
+  }
+  quant::ConversionReport rep =
+      quant::convert(*model, {.input_shape = input, .keep_faster = keep_faster});
+  if (keep_faster)
+    for (const auto& l : rep.layers)
+      if (l.int8_ms > 0)
+        std::printf("  %-40s int8 %8.4f ms  float %8.4f ms  %s\n", l.path.c_str(), l.int8_ms,
+                    l.float_ms, l.int8_ms < l.float_ms ? "int8" : "FLOAT");
+  std::printf("%s batch %lld: %lld module outputs uint8, %lld float\n", name.c_str(),
+              (long long)batch, (long long)rep.uint8_outputs, (long long)rep.float_outputs);
+  std::map<std::string, double> total;
+  std::map<std::string, int64_t> calls;
+  std::map<nn::Module*, std::chrono::steady_clock::time_point> start;
+  std::vector<nn::HookHandle> hooks;
+  for (auto& [path, m] : model->named_modules()) {
+    bool leaf = true;
+    for (auto& [cn, c] : m->named_children()) leaf &= cn == "activation_post_process";
+    if (!leaf) continue;
+    hooks.push_back(m->register_forward_pre_hook(
+        [&start](nn::Module& mod, const std::vector<Tensor>&) { start[&mod] = std::chrono::steady_clock::now(); }));
+    hooks.push_back(m->register_forward_hook(
+        [&start, &total, &calls](nn::Module& mod, const std::vector<Tensor>&, const Tensor&) {
+          double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                                start[&mod]).count();
+          total[mod.type_name()] += ms;
+          calls[mod.type_name()]++;
+        }));
+  }
+  no_grad ng;
+  Tensor x = randn(input);
+  for (int i = 0; i < 3; i++) (*model)(x);
+  total.clear(), calls.clear();
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < runs; i++) (*model)(x);
+  double all = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("whole model %.3f ms per pass (mean of %d, with hooks)\n", all / runs, runs);
+  for (auto& [type, ms] : total)
+    std::printf("  %-28s %8.3f ms  %5lld calls\n", type.c_str(), ms / runs,
+                (long long)(calls[type] / runs));
+  for (auto& h : hooks) h.remove();
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
   int runs = 30, threads = 0;
   bool quick = false;
+  std::string profile_model;
+  int64_t profile_batch = 1;
+  bool keep_faster = false;
   for (int i = 1; i < argc; i++) {
     std::string a = argv[i];
+    if (a == "--profile" && i + 1 < argc) {
+      profile_model = argv[++i];
+      continue;
+    }
+    if (a == "--keep-faster") {
+      keep_faster = true;
+      continue;
+    }
+    if (a == "--batch" && i + 1 < argc) {
+      profile_batch = std::atoll(argv[++i]);
+      continue;
+    }
     if (a == "--runs" && i + 1 < argc) runs = std::atoi(argv[++i]);
     else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (a == "--quick") quick = true;
     else if (a == "--cpu-time") cpu_time = true;
     else {
-      std::fprintf(stderr, "usage: bench_int8 [--runs N] [--threads N] [--quick] [--cpu-time]\n");
+      std::fprintf(stderr, "usage: bench_int8 [--runs N] [--threads N] [--quick] [--cpu-time] "
+                           "[--profile MODEL|elementwise [--batch N] [--keep-faster]]\n");
       return 2;
     }
   }
-  if (threads > 0) omp_set_num_threads(threads);
+  if (threads > 0) set_num_threads(threads);
+  if (profile_model == "elementwise") {
+    bench_elementwise(runs);
+    return 0;
+  }
+  if (!profile_model.empty()) {
+    manual_seed(0);
+    profile(profile_model, profile_batch, runs, keep_faster);
+    return 0;
+  }
   if (quick) runs = 3;
   std::printf("threads %d, median of %d runs, %s clock\n", omp_get_max_threads(), runs,
               cpu_time ? "process CPU" : "wall");

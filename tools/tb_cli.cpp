@@ -30,6 +30,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -110,7 +111,30 @@ struct BenchOptions {
   std::string checkpoint, data;
   bool json = false;
   bool no_optimize = false; // fp32: the model as built (eval mode), for before/after figures
+  bool keep_faster = false; // int8: convert keeps float where int8 is not faster (timed)
 };
+
+// int8: find_fusable_groups (the conv-BN-act runs of Sequentials) plus the conv/BN pairs of the
+// ResNet blocks, which sit in a block's forward, not a Sequential: "<p>.convK" + "<p>.bnK" and
+// the downsample's "0" + "1". The ReLU stays a module (a block calls it twice; as a
+// QuantizedReLU it is a table lookup on uint8).
+std::vector<std::vector<std::string>> int8_fusion_groups(tb::nn::Module& m) {
+  auto groups = q::find_fusable_groups(m);
+  std::set<std::string> grouped;
+  for (const auto& g : groups)
+    for (const auto& p : g) grouped.insert(p);
+  for (auto& [path, mod] : m.named_modules()) {
+    std::string pre = path.empty() ? "" : path + ".";
+    for (int k = 1; k <= 3; k++) {
+      std::string c = "conv" + std::to_string(k), b = "bn" + std::to_string(k);
+      if (mod->has_child(c) && mod->has_child(b) &&
+          dynamic_cast<tb::nn::Conv2d*>(mod->child(c).get()) &&
+          dynamic_cast<tb::nn::BatchNorm2d*>(mod->child(b).get()) && !grouped.count(pre + c))
+        groups.push_back({pre + c, pre + b});
+    }
+  }
+  return groups;
+}
 
 // "3x224x224" -> {3, 224, 224}; tb::Error otherwise.
 tb::Shape parse_chw(const std::string& s) {
@@ -194,6 +218,8 @@ int bench(int argc, char** argv) {
   app.add_flag("--json", o.json, "print one JSON object instead of the table");
   app.add_flag("--no-optimize", o.no_optimize, "fp32: run the model as built, in eval mode, "
                "without optimize_for_inference (the 'before' figure)");
+  app.add_flag("--keep-faster", o.keep_faster, "int8: time each integer layer against its float "
+               "version on the benchmark's shape and keep float where int8 is not faster");
   // argv[1] is "bench": CLI11 sees "tb bench" as the program name.
   if (auto code = ex::parse_flags(app, argc - 1, argv + 1)) return *code;
 
@@ -257,11 +283,13 @@ int bench(int argc, char** argv) {
   } else {
     auto qm = std::make_shared<q::QuantWrapper>(model->clone());
     qm->eval();
-    q::fuse_modules(*qm, q::find_fusable_groups(*qm));
+    q::fuse_modules(*qm, int8_fusion_groups(*qm));
     q::ConversionReport qr;
+    tb::Shape in_shape{o.batch, chw[0], chw[1], chw[2]};
     if (ckpt_stage == "converted") {
       q::prepare(*qm);
-      qr = q::convert(*qm, {.allow_uncalibrated = true});
+      qr = q::convert(*qm, {.allow_uncalibrated = true, .input_shape = in_shape,
+                            .keep_faster = o.keep_faster});
       try {
         q::load(*qm, o.checkpoint);
       } catch (const tb::Error& e) {
@@ -287,10 +315,24 @@ int bench(int argc, char** argv) {
             tb::randn({n, chw[0], chw[1], chw[2]}), tb::zeros({n}, {tb::kInt64}));
       }
       tb::data::DataLoader loader(calib, {.batch_size = cb, .transform = transform});
-      qr = q::quantize(*qm, {}, loader);
-      notes = fmt::format("calibrated on {} {} images; {} layers int8, {} float",
-                          calib->size(), fm ? "training" : "random", qr.quantized, qr.skipped);
+      q::prepare(*qm);
+      {
+        tb::no_grad ng;
+        for (const auto& b : loader) (*qm)(b.inputs);
+      }
+      // The uint8 flow is planned (and, with --keep-faster, each layer timed) on the bench shape.
+      qr = q::convert(*qm, {.input_shape = in_shape, .keep_faster = o.keep_faster});
+      notes = fmt::format("calibrated on {} {} images; {} layers quantized",
+                          calib->size(), fm ? "training" : "random", qr.quantized);
     }
+    int64_t integer = 0, kept_float = 0;
+    for (tb::nn::Module* m : qm->modules()) {
+      if (auto* c = dynamic_cast<q::QuantizedConv2d*>(m)) (c->integer ? integer : kept_float)++;
+      if (auto* l = dynamic_cast<q::QuantizedLinear*>(m)) (l->integer ? integer : kept_float)++;
+    }
+    notes += fmt::format("; conv/linear: {} integer, {} float{}; module outputs: {} uint8, {} "
+                         "float", integer, kept_float, o.keep_faster ? " (--keep-faster)" : "",
+                         qr.uint8_outputs, qr.float_outputs);
     run_model = qm;
     size_bytes = file_size_of_saved([&](const std::string& p) { q::save(*qm, p); });
   }

@@ -326,9 +326,11 @@ class QuantStub : public nn::Module {
   Tensor forward(const Tensor& x) override { return x; }
   TB_MODULE(QuantStub)
 };
+// DeQuantStub turns a uint8 quantized activation (the output of an integer layer) back into
+// float32 (tb::quant::dequantize); any other tensor passes unchanged.
 class DeQuantStub : public nn::Module {
  public:
-  Tensor forward(const Tensor& x) override { return x; }
+  Tensor forward(const Tensor& x) override;
   TB_MODULE(DeQuantStub)
 };
 // QuantStub -> module -> DeQuantStub (children "quant", "dequant", "module", as PyTorch).
@@ -417,12 +419,14 @@ void update_bn_stats(nn::Module& m);
 // "input_zero_point" int32 [1]), 8-bit uint8 activations on both sides and signed int8 weights
 // with zero point 0, it sets `integer` and forward runs the u8 x s8 kernels of kernels/qconv.h
 // (int32 accumulation, bias quantized to int32 with scale input_scale * weight_scale, fused
-// ReLU / ReLU6 in the requantization) on a float input that lies on a quantization grid (the
-// one a Quantize tagged it with, else the recorded one; checked element by element), returning
-// the uint8 result dequantized. Otherwise (`float_reason` says why) forward dequantizes the
-// weight and runs the float op, as the fake-quant model does; so does an integer layer given an
-// input on no known grid (not quantized in the fake-quant model either, e.g. after a functional
-// mean in a parent's forward), counted in `off_grid_calls`.
+// ReLU / ReLU6 in the requantization). Its input is a uint8 quantized activation (an integer
+// layer's output, taken as it is) or a float tensor on a quantization grid (the one a Quantize
+// tagged it with, else the recorded one; checked element by element); its result is a uint8
+// activation that the layer's Quantize passes on or dequantizes (Quantize::emit_uint8).
+// Otherwise (`float_reason` says why) forward dequantizes the weight (once, cached) and runs the
+// float op, as the fake-quant model does; so does an integer layer given a float input on no
+// known grid (not quantized in the fake-quant model either, e.g. after a functional mean in a
+// parent's forward), counted in `off_grid_calls`.
 // The kernels follow tb::set_cpu_kernels: oneDNN (Fast) or the reference loops (Reference).
 // Inference only: no gradient flows through the integer path.
 class QuantizedConv2d : public nn::Module {
@@ -443,8 +447,9 @@ class QuantizedConv2d : public nn::Module {
   std::string float_reason; // why not, when it does not
   int64_t off_grid_calls = 0; // integer layer, calls whose input was on no grid (ran float)
   // The prepared integer kernel (src/quant/int8.cpp): remade when the input shape or grid, the
-  // output grid or the weight buffer (its storage or version) changes.
+  // output grid or a buffer (weight, weight_scale, bias: storage or version) changes.
   std::shared_ptr<void> int8_plan;
+  std::shared_ptr<void> float_weight; // the dequantized weight of the float path (cached)
 };
 class QuantizedLinear : public nn::Module {
  public:
@@ -460,11 +465,17 @@ class QuantizedLinear : public nn::Module {
   bool integer = false; // as QuantizedConv2d's: x [..., I] -> [..., O]
   std::string float_reason;
   int64_t off_grid_calls = 0;
+  std::shared_ptr<void> int8_plan; // requantization constants and the contiguous weight
+  std::shared_ptr<void> float_weight; // the dequantized weight of the float path (cached)
 };
 // A fixed quantize-dequantize of an activation (per tensor): buffers scale [1] float32,
 // zero_point [1] int32. What convert leaves where an observer was. Its output is marked as lying
 // on its grid (for the integer layers after it); a tensor an integer layer already produced on
 // this same grid passes through unchanged (quantizing it again would give the same values).
+// With `emit_uint8` (set by convert when every consumer of this output takes uint8 activations,
+// 8-bit [0, 255] grids only) its output is the uint8 quantized activation itself: a float input
+// is quantized to uint8 (channels-last for 4-D), a uint8 one on its grid passes unchanged.
+// Without it, a uint8 input is dequantized (a float carrier for float neighbours).
 class Quantize : public nn::Module {
  public:
   explicit Quantize(const QParams& p);
@@ -472,7 +483,93 @@ class Quantize : public nn::Module {
   QParams qparams() const;
   TB_MODULE(Quantize)
   int64_t qmin, qmax;
+  bool emit_uint8 = false;
 };
+
+// Integer joins, activations and pools (src/quant/int8_modules.cpp). convert puts them in place
+// of the float modules of a prepared model (subclasses of those: same options, same children,
+// same state_dict keys, the same role for prepare / convert). On uint8 quantized activations,
+// with an 8-bit output Quantize (activation_post_process), they run the integer kernels of
+// kernels/qconv.h (QElementwiseKernels: the float result of the dequantized inputs quantized
+// with fake-quant's rule, so they equal the fake-quant model up to the order of a sum) and return
+// a uint8 activation; on anything else (float inputs, a broadcast or option the kernels do not
+// cover) they dequantize uint8 inputs and run the float op, as the fake-quant model.
+// Max pooling and flatten keep their input's grid (no Quantize): like Quantize they return uint8
+// only with `emit_uint8`, else the float carrier.
+class QuantizedAdd : public nn::Add {
+ public:
+  explicit QuantizedAdd(const nn::Add& m) : nn::Add(m) {}
+  Tensor forward_list(const std::vector<Tensor>& xs) override;
+  TB_MODULE(QuantizedAdd)
+};
+// Same-shape products, and the SE gate [N, C, H, W] * [N, C, 1, 1] (either order).
+class QuantizedMul : public nn::Mul {
+ public:
+  explicit QuantizedMul(const nn::Mul& m) : nn::Mul(m) {}
+  Tensor forward_list(const std::vector<Tensor>& xs) override;
+  TB_MODULE(QuantizedMul)
+};
+// Along the channels (dim 1) of 4-D or 2-D activations.
+class QuantizedCat : public nn::Cat {
+ public:
+  explicit QuantizedCat(const nn::Cat& m) : nn::Cat(m) {}
+  Tensor forward_list(const std::vector<Tensor>& xs) override;
+  TB_MODULE(QuantizedCat)
+};
+class QuantizedReLU : public nn::ReLU {
+ public:
+  explicit QuantizedReLU(const nn::ReLU& m) : nn::ReLU(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedReLU)
+};
+class QuantizedReLU6 : public nn::ReLU6 {
+ public:
+  explicit QuantizedReLU6(const nn::ReLU6& m) : nn::ReLU6(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedReLU6)
+};
+class QuantizedHardswish : public nn::Hardswish {
+ public:
+  explicit QuantizedHardswish(const nn::Hardswish& m) : nn::Hardswish(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedHardswish)
+};
+// No ceil_mode (the float op runs then).
+class QuantizedMaxPool2d : public nn::MaxPool2d {
+ public:
+  explicit QuantizedMaxPool2d(const nn::MaxPool2d& m) : nn::MaxPool2d(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedMaxPool2d)
+  bool emit_uint8 = false;
+};
+// count_include_pad, no ceil_mode.
+class QuantizedAvgPool2d : public nn::AvgPool2d {
+ public:
+  explicit QuantizedAvgPool2d(const nn::AvgPool2d& m) : nn::AvgPool2d(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedAvgPool2d)
+};
+// Output sizes that divide the input's (the global pool).
+class QuantizedAdaptiveAvgPool2d : public nn::AdaptiveAvgPool2d {
+ public:
+  explicit QuantizedAdaptiveAvgPool2d(const nn::AdaptiveAvgPool2d& m) : nn::AdaptiveAvgPool2d(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedAdaptiveAvgPool2d)
+};
+class QuantizedFlatten : public nn::Flatten {
+ public:
+  explicit QuantizedFlatten(const nn::Flatten& m) : nn::Flatten(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedFlatten)
+  bool emit_uint8 = false;
+};
+
+// True for a uint8 quantized activation (the output of an integer layer; its grid is recorded
+// with it, src/ops/qactivation.h). Float ops refuse such tensors (tb::Error): dequantize first.
+bool is_quantized_activation(const Tensor& x);
+// The float32 reals of a quantized activation, (q - zero_point) * scale (channels-last for 4-D);
+// any other tensor is returned as it is.
+Tensor dequantize(const Tensor& x);
 
 // Folds eval-mode BN into conv weights: w' = w * gamma / sqrt(var + eps) (per out channel),
 // b' = (b - mean) * gamma / sqrt(var + eps) + beta. Returns {w', b'} (PyTorch's
@@ -523,12 +620,19 @@ struct QConfigMapping {
 };
 
 // One layer in the report: path, type, what happened ("quantized", "observed", "skipped") and why.
+// With ConvertOptions::keep_faster, the timed conv / linear layers also carry their median times
+// per call in both precisions (0 when not timed).
 struct LayerReport {
   std::string path, type, action, reason;
+  double int8_ms = 0, float_ms = 0;
 };
 struct ConversionReport {
   std::vector<LayerReport> layers;
   int64_t quantized = 0, skipped = 0;
+  // With ConvertOptions::input_shape: the module outputs that travel as uint8 activations and
+  // those that stay float (each with the path of its producer and the reason).
+  int64_t uint8_outputs = 0, float_outputs = 0;
+  std::vector<std::string> float_output_reasons;
   std::string str() const; // a table
 };
 
@@ -546,6 +650,19 @@ struct ConvertOptions {
   // Allow observers that saw no data (placeholder qparams 1/0): to build the structure that a
   // converted checkpoint is loaded into. Default: tb::Error naming the uncalibrated layer.
   bool allow_uncalibrated = false;
+  // The shape of a model input (e.g. {1, 3, 224, 224}). With it, convert runs the converted model
+  // once on random data of that shape and records which module feeds which (by the storage of
+  // the tensors passed between modules); every output whose consumers are all integer-capable
+  // modules then travels as a uint8 activation (Quantize::emit_uint8). Without it (or for an
+  // output read by a float module, the model's caller, or code in a parent's forward that no
+  // module sees) outputs stay float carriers. The report says how many outputs go uint8.
+  Shape input_shape;
+  // Never slower than float (needs input_shape): time each integer conv / linear on the shape it
+  // sees in both precisions (the u8 x s8 kernel on uint8 input against the float conv / linear
+  // with the dequantized weight on float input; median of `timing_runs`), and keep float where
+  // int8 is not faster. The report gives both times and the choice.
+  bool keep_faster = false;
+  int timing_runs = 7;
 };
 // Replaces conv / linear (float, fused, QAT) by QuantizedConv2d / QuantizedLinear with int8
 // weights and their qparams, and every observer / fake-quant by a fixed Quantize. Each converted

@@ -1,6 +1,7 @@
 // kernels/ref/qelementwise.cpp — integer add, multiply, concatenation, activations and pooling
 // on uint8 activations (kernels/qconv.h, QElementwiseKernels): dequantize, compute in float32,
-// quantize onto the output grid with fake-quant's rule. Plain loops, reference only.
+// quantize onto the output grid with fake-quant's rule. Plain loops: the specification that the
+// OpenMP table (kernels/cpu/qelementwise.cpp) is tested against.
 #include <algorithm>
 #include <cmath>
 
@@ -23,12 +24,14 @@ void ref_qadd(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y
 }
 
 void ref_qmul(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y, QGrid gy,
-              int64_t outer, int64_t inner, bool b_per_row) {
-  for (int64_t o = 0; o < outer; o++)
-    for (int64_t i = 0; i < inner; i++) {
-      uint8_t bv = b_per_row ? b[o] : b[o * inner + i];
-      y[o * inner + i] = quant(deq(a[o * inner + i], ga) * deq(bv, gb), gy);
-    }
+              int64_t N, int64_t P, int64_t C, bool b_broadcast) {
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t p = 0; p < P; p++)
+      for (int64_t c = 0; c < C; c++) {
+        int64_t i = (n * P + p) * C + c;
+        uint8_t bv = b_broadcast ? b[n * C + c] : b[i];
+        y[i] = quant(deq(a[i], ga) * deq(bv, gb), gy);
+      }
 }
 
 void ref_qcat(const uint8_t* const* xs, const QGrid* gs, const int64_t* widths, int64_t k,

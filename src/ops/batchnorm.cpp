@@ -16,6 +16,7 @@
 
 #include "autocast.h"
 #include "dispatch.h"
+#include "qactivation.h"
 #include "kernels/batchnorm.h"
 
 namespace tb {
@@ -75,6 +76,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& 
   const bool training = o.training;
   const double momentum = o.momentum, eps = o.eps;
   check_defined(op, x, "input");
+  check_not_quantized(op, x);
   TB_CHECK(x.dim() >= 2, "batch_norm: expected input [N, C, ...], got {}", shape_str(x.shape()));
   TB_CHECK(x.dtype() == kFloat32 || x.dtype() == kFloat64,
            "batch_norm: expected a float32 or float64 input, got {}", x.dtype());

@@ -16,6 +16,7 @@
 
 #include "autocast.h"
 #include "dispatch.h"
+#include "qactivation.h"
 #include "kernels/conv.h"
 
 namespace tb {
@@ -49,6 +50,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   Tensor x = autocast_lower(x_in), weight = autocast_lower(weight_in);
   Tensor bias = autocast_lower(bias_in);
   check_defined(op, x, "input");
+  check_not_quantized(op, x);
   check_defined(op, weight, "weight");
   TB_CHECK(x.dim() == 4, "conv2d: expected input [N, C, H, W], got {}", shape_str(x.shape()));
   TB_CHECK(weight.dim() == 4, "conv2d: expected weight [O, C/groups, kH, kW], got {}",

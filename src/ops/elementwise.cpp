@@ -19,6 +19,7 @@
 
 #include "kernels/elementwise.h"
 #include "dispatch.h"
+#include "qactivation.h"
 
 namespace tb {
 
@@ -97,6 +98,8 @@ static Tensor binary_forward(const char* name, BinaryOp op, const Tensor& a, con
                              double alpha = 1.0) {
   check_defined(name, a, "input");
   check_defined(name, b, "other");
+  check_not_quantized(name, a);
+  check_not_quantized(name, b);
   check_same_device(name, a, b);
   Shape shape = broadcast_shapes(name, a.shape(), b.shape());
   DType rdt = promote_types(a.dtype(), b.dtype());
@@ -285,6 +288,7 @@ namespace detail {
 // a string literal (the backward closure keeps the pointer).
 Tensor unary_op(const char* name, UnaryOp op, const Tensor& x, double p0, double p1) {
   check_defined(name, x, "input");
+  check_not_quantized(name, x);
   check_floating(name, x);
   Tensor out = unary_compute(name, op, x.detach(), p0, p1);
   if (auto node = make_node(name, {x})) {

@@ -18,6 +18,7 @@
 
 #include "autocast.h"
 #include "dispatch.h"
+#include "qactivation.h"
 #include "kernels/matmul.h"
 
 namespace tb {
@@ -115,6 +116,7 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   const char* op = "matmul";
   Tensor a = autocast_lower(a_in), b = autocast_lower(b_in);
   check_defined(op, a, "input");
+  check_not_quantized(op, a);
   check_defined(op, b, "other");
   check_same_device(op, a, b);
   check_same_dtype(op, a, b);
@@ -188,6 +190,7 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
   Tensor x = autocast_lower(x_in), weight = autocast_lower(weight_in);
   Tensor bias = autocast_lower(bias_in);
   check_defined(op, x, "input");
+  check_not_quantized(op, x);
   check_defined(op, weight, "weight");
   check_same_device(op, x, weight);
   check_same_dtype(op, x, weight);

@@ -13,6 +13,7 @@
 #include <tb/ops.h>
 
 #include "dispatch.h"
+#include "qactivation.h"
 #include "kernels/pool.h"
 
 namespace tb {
@@ -24,6 +25,7 @@ using kernels::Strides4;
 
 void check_pool_input(const char* op, const Tensor& x) {
   check_defined(op, x, "input");
+  check_not_quantized(op, x);
   TB_CHECK(x.dim() == 4, "{}: expected input [N, C, H, W], got {}", op, shape_str(x.shape()));
   TB_CHECK(x.dtype() == kFloat32 || x.dtype() == kFloat64,
            "{}: expected a float32 or float64 input, got {}", op, x.dtype());

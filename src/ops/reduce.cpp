@@ -23,6 +23,7 @@
 
 #include "autocast.h"
 #include "dispatch.h"
+#include "qactivation.h"
 #include "kernels/reduce.h"
 
 namespace tb {
@@ -174,6 +175,7 @@ static DType sum_compute_dtype(DType t) {
 static Tensor sum_forward(const char* op, const Tensor& x, const Shape& dims, bool keepdim,
                           bool mean, Reduction* plan_out) {
   check_defined(op, x, "input");
+  check_not_quantized(op, x);
   if (mean)
     TB_CHECK(is_floating(x.dtype()), "{}: expected a floating-point input, got {} (shape {}); "
              "convert it first", op, dtype_name(x.dtype()), shape_str(x.shape()));

@@ -11,6 +11,7 @@
 
 #include "autocast.h"
 #include "dispatch.h"
+#include "qactivation.h"
 #include "kernels/softmax.h"
 
 namespace tb {
@@ -21,6 +22,7 @@ static Tensor as_dtype(const Tensor& t, DType d) { return t.dtype() == d ? t : t
 
 static Tensor softmax_common(const char* op, bool log, const Tensor& x, int64_t dim) {
   check_defined(op, x, "input");
+  check_not_quantized(op, x);
   check_floating(op, x);
   int64_t d = wrap_dim(op, dim, x.dim());
   int64_t outer = 1, n = x.dim() == 0 ? 1 : x.size(d), inner = 1;

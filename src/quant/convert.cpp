@@ -17,12 +17,27 @@
 // for each layer which kernel it runs and, for the float ones, why. The tree order is only the
 // fallback for the input grid: at run time the layer first uses the grid its input was tagged
 // with by the Quantize that made it (branches, shortcuts), and checks that the input lies on it.
+//
+// The uint8 flow: convert also swaps the joins, activations and pools of the tree for their
+// integer twins (QuantizedAdd, ..., QuantizedFlatten: subclasses, same state_dict). Given an
+// input shape it then traces the model once (forward hooks on every module record the storages
+// each call reads and writes) and lets an output travel as a uint8 activation where every module
+// that reads it takes one (plan_flow below). A read the hooks cannot see (a float function in a
+// parent's forward whose input some module also reads) would get uint8 and fail loudly: float
+// ops refuse quantized activations (src/ops/qactivation.h). An output that no module reads
+// (the model's output, or one only code in a parent's forward reads, as MobileNetV2's functional
+// pool) stays float.
 #include <tb/quant.h>
 
 #include "src/quant/int8.h"
 #include "src/quant/walk.h"
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
+#include <map>
+#include <set>
+#include <typeinfo>
 
 namespace tb::quant {
 
@@ -150,6 +165,26 @@ std::string choose_kernel(Q& q, const std::optional<QParams>& in, const std::opt
   return "integer kernel (u8 x s8)";
 }
 
+// The integer twin of a float join / activation / pool (nullptr for any other module). Exact
+// types only: a subclass may compute something else.
+template <class Float, class Twin> nn::ModulePtr twin_if(const nn::ModulePtr& m) {
+  if (typeid(*m) != typeid(Float)) return nullptr;
+  return std::make_shared<Twin>(static_cast<const Float&>(*m));
+}
+nn::ModulePtr integer_twin(const nn::ModulePtr& m) {
+  using Make = nn::ModulePtr (*)(const nn::ModulePtr&);
+  static const Make makers[] = {twin_if<nn::Add, QuantizedAdd>, twin_if<nn::Mul, QuantizedMul>,
+                    twin_if<nn::Cat, QuantizedCat>, twin_if<nn::ReLU, QuantizedReLU>,
+                    twin_if<nn::ReLU6, QuantizedReLU6>, twin_if<nn::Hardswish, QuantizedHardswish>,
+                    twin_if<nn::MaxPool2d, QuantizedMaxPool2d>,
+                    twin_if<nn::AvgPool2d, QuantizedAvgPool2d>,
+                    twin_if<nn::AdaptiveAvgPool2d, QuantizedAdaptiveAvgPool2d>,
+                    twin_if<nn::Flatten, QuantizedFlatten>};
+  for (Make make : makers)
+    if (nn::ModulePtr t = make(m)) return t;
+  return nullptr;
+}
+
 // `flow`: the qparams of the quantizer whose grid the data is on at this point of the walk.
 void convert_visit(nn::Module& parent, const std::string& prefix, const ConvertOptions& o,
                    ConversionReport& report, std::optional<QParams>& flow) {
@@ -158,6 +193,10 @@ void convert_visit(nn::Module& parent, const std::string& prefix, const ConvertO
     std::string type = c->type_name();
     Role r = role(*c);
     if (r == Role::Internal) continue;
+    if (nn::ModulePtr twin = integer_twin(c)) { // same options, children and hooks
+      parent.set_module(name, twin);
+      c = twin;
+    }
     nn::ModulePtr post;
     std::optional<QParams> out;
     std::string out_desc = "float output";
@@ -202,6 +241,262 @@ void convert_visit(nn::Module& parent, const std::string& prefix, const ConvertO
   }
 }
 
+// ---- the uint8 flow ---------------------------------------------------------------------------------
+
+// One module call seen by the trace: the storages it read and the one it returned, as ids
+// (a storage freed during the pass may have its address reused by a later one: ids tell them
+// apart without keeping every activation alive).
+using StorageId = int64_t;
+struct TraceCall {
+  nn::Module* module;
+  std::vector<StorageId> inputs;
+  StorageId output;
+  Shape input_shape;
+};
+
+struct StorageIds {
+  std::map<const Storage*, std::pair<std::weak_ptr<Storage>, StorageId>> ids;
+  StorageId next = 1;
+  StorageId of(const Tensor& t) {
+    if (!t.defined()) return 0;
+    auto it = ids.find(t.storage().get());
+    if (it != ids.end() && it->second.first.lock() == t.storage()) return it->second.second;
+    ids[t.storage().get()] = {t.storage(), next};
+    return next++;
+  }
+};
+
+// Runs `model` once on random data of `shape` with a recording hook on every module.
+std::vector<TraceCall> trace(nn::Module& model, const Shape& shape) {
+  std::vector<TraceCall> calls;
+  std::vector<nn::HookHandle> hooks;
+  StorageIds ids;
+  for (nn::Module* m : model.modules()) {
+    bool dequant = dynamic_cast<DeQuantStub*>(m) != nullptr;
+    hooks.push_back(m->register_forward_hook(
+        [&calls, &ids, dequant](nn::Module& mod, const std::vector<Tensor>& in, const Tensor& y) {
+          TraceCall c{&mod, {}, 0, in.empty() ? Shape{} : in[0].shape()};
+          for (const Tensor& t : in)
+            if (t.defined()) c.inputs.push_back(ids.of(t));
+          // A DeQuantStub makes a new float tensor from a uint8 one: so in the trace too, so that
+          // the model's output is not mistaken for its input.
+          Tensor out = dequant && y.defined() ? y.clone() : y;
+          c.output = ids.of(out);
+          calls.push_back(std::move(c));
+          return out;
+        }));
+  }
+  Tensor out;
+  {
+    no_grad ng;
+    Generator g(0);
+    try {
+      out = model(randn(shape, {}, &g));
+    } catch (...) {
+      for (auto& h : hooks) h.remove();
+      throw;
+    }
+  }
+  for (auto& h : hooks) h.remove();
+  // The root's own call is last; its output is read by the caller.
+  calls.push_back({nullptr, {ids.of(out)}, 0, {}});
+  return calls;
+}
+
+// Whether module m takes uint8 activations (the integer layers and twins, DeQuantStub), with
+// the reason when not. Identity and Dropout pass their input on (the trace saw the same
+// storage come out), so their readers are the input's readers.
+std::string uint8_refusal(nn::Module& m, const std::vector<TraceCall>& calls) {
+  if (auto* c = dynamic_cast<QuantizedConv2d*>(&m))
+    return c->integer ? "" : "it runs the float kernel (" + c->float_reason + ")";
+  if (auto* l = dynamic_cast<QuantizedLinear*>(&m))
+    return l->integer ? "" : "it runs the float kernel (" + l->float_reason + ")";
+  if (dynamic_cast<QuantizedAdd*>(&m) || dynamic_cast<QuantizedMul*>(&m) ||
+      dynamic_cast<QuantizedCat*>(&m) || dynamic_cast<QuantizedReLU*>(&m) ||
+      dynamic_cast<QuantizedReLU6*>(&m) || dynamic_cast<QuantizedHardswish*>(&m) ||
+      dynamic_cast<QuantizedMaxPool2d*>(&m) || dynamic_cast<QuantizedAvgPool2d*>(&m) ||
+      dynamic_cast<QuantizedAdaptiveAvgPool2d*>(&m) || dynamic_cast<QuantizedFlatten*>(&m) ||
+      dynamic_cast<DeQuantStub*>(&m))
+    return "";
+  if (typeid(m) == typeid(nn::Identity) || typeid(m) == typeid(nn::Dropout))
+    return "it made a new float tensor"; // (when it passes its input on, it is no reader)
+  return "it is a float module";
+}
+
+// Identity / Dropout returning their input: not readers themselves, their readers are the input's.
+bool passes_input_on(const TraceCall& c) {
+  return c.module && (typeid(*c.module) == typeid(nn::Identity) ||
+                      typeid(*c.module) == typeid(nn::Dropout)) &&
+         !c.inputs.empty() && c.inputs[0] == c.output;
+}
+
+// Layers whose input quantizer the tree order did not show (a branch fed from a parent's
+// forward, as ShuffleNetV2's channel split): the trace shows the Quantize whose output (through
+// value-preserving modules) they read. Such a layer gets that grid as its input qparams and, when
+// nothing else stands in the way, the integer kernel.
+void find_input_grids(nn::Module& model, const std::vector<TraceCall>& calls,
+                      ConversionReport& report) {
+  std::map<const nn::Module*, std::string> path_of;
+  for (auto& [path, m] : model.named_modules()) path_of[m] = path;
+  std::map<StorageId, QParams> grid; // storages that hold values on a Quantize's grid
+  std::set<nn::Module*> seen;
+  for (const TraceCall& c : calls) {
+    if (!c.module) continue;
+    if (auto* q = dynamic_cast<Quantize*>(c.module)) {
+      if (q->qmin == 0 && q->qmax == 255) grid[c.output] = q->qparams();
+      continue;
+    }
+    if (role(*c.module) == Role::PassThrough && !c.inputs.empty() && grid.count(c.inputs[0]) &&
+        !dynamic_cast<DeQuantStub*>(c.module)) {
+      QParams p = grid[c.inputs[0]];
+      grid[c.output] = p;
+      continue;
+    }
+    if (c.inputs.empty() || !grid.count(c.inputs[0]) || seen.count(c.module)) continue;
+    seen.insert(c.module);
+    auto fix = [&](auto& layer) {
+      if (layer.integer || !layer.has_child("activation_post_process")) return;
+      auto* post = dynamic_cast<Quantize*>(layer.child("activation_post_process").get());
+      if (!post) return;
+      const QParams& in = grid[c.inputs[0]];
+      if (!int8::unsupported_reason(layer.weight_qparams(), in, post->qparams()).empty()) return;
+      std::string was = layer.float_reason;
+      layer.float_reason.clear();
+      layer.integer = true;
+      layer.set_input_qparams(in);
+      for (LayerReport& l : report.layers)
+        if (l.path == path_of[c.module]) {
+          size_t at = l.reason.find("float kernel (dequantized weights)");
+          if (at != std::string::npos) l.reason = l.reason.substr(0, at);
+          l.reason += "integer kernel (u8 x s8; input grid found by the trace)";
+        }
+    };
+    if (auto* qc = dynamic_cast<QuantizedConv2d*>(c.module)) fix(*qc);
+    if (auto* ql = dynamic_cast<QuantizedLinear*>(c.module)) fix(*ql);
+  }
+}
+
+// Median milliseconds of `runs` calls of fn after one warm-up call.
+double time_ms(const std::function<void()>& fn, int runs) {
+  fn();
+  std::vector<double> ms;
+  for (int i = 0; i < runs; i++) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                     .count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+// keep_faster: each integer layer timed on its traced input shape both ways (module forward,
+// no hooks: the u8 x s8 kernel on a uint8 input, the float conv / linear with the dequantized
+// weight on a float input); float kept where int8 is not faster.
+template <class Layer>
+void time_layer(Layer& m, const std::string& path, const Shape& shape, int runs,
+                ConversionReport& report) {
+  no_grad ng;
+  Generator g(1);
+  kernels::QGrid in{(float)m.get("input_scale").item(), (int32_t)m.get("input_zero_point").item()};
+  Tensor xf = randn(shape, {}, &g);
+  if (xf.dim() == 4) xf = xf.contiguous_channels_last(); // the carriers' layout
+  Tensor xq = int8::quantize_activation(xf, in);
+  double int8_ms = time_ms([&] { m.forward(xq); }, runs);
+  m.integer = false;
+  double float_ms = time_ms([&] { m.forward(xf); }, runs);
+  m.integer = int8_ms < float_ms;
+  std::string verdict =
+      m.integer ? fmt::format("int8 kept: {:.4f} ms vs float {:.4f} ms per call on {}", int8_ms,
+                              float_ms, shape_str(shape))
+                : fmt::format("kept float (keep_faster): int8 {:.4f} ms is not faster than float "
+                              "{:.4f} ms per call on {}", int8_ms, float_ms, shape_str(shape));
+  if (!m.integer) m.float_reason = verdict;
+  for (LayerReport& l : report.layers)
+    if (l.path == path) {
+      l.int8_ms = int8_ms;
+      l.float_ms = float_ms;
+      l.reason += "; " + verdict;
+    }
+}
+
+void plan_flow(nn::Module& model, const ConvertOptions& o, ConversionReport& report) {
+  std::map<const nn::Module*, std::string> path_of;
+  for (auto& [path, m] : model.named_modules()) path_of[m] = path.empty() ? "(root)" : path;
+  std::vector<TraceCall> calls = trace(model, o.input_shape);
+  find_input_grids(model, calls, report);
+
+  if (o.keep_faster) {
+    std::set<nn::Module*> timed;
+    for (const TraceCall& c : calls) {
+      if (!c.module || timed.count(c.module)) continue;
+      if (auto* q = dynamic_cast<QuantizedConv2d*>(c.module); q && q->integer) {
+        time_layer(*q, path_of[q], c.input_shape, o.timing_runs, report);
+        timed.insert(q);
+      } else if (auto* l = dynamic_cast<QuantizedLinear*>(c.module); l && l->integer) {
+        time_layer(*l, path_of[l], c.input_shape, o.timing_runs, report);
+        timed.insert(l);
+      }
+    }
+  }
+
+  // Readers of each storage: the calls of modules that compute (not containers, not Quantize).
+  std::map<StorageId, std::vector<nn::Module*>> readers;
+  for (const TraceCall& c : calls) {
+    if (c.module && (role(*c.module) == Role::Container || role(*c.module) == Role::Internal ||
+                     passes_input_on(c)))
+      continue;
+    for (StorageId s : c.inputs) readers[s].push_back(c.module); // nullptr: the caller
+  }
+  // Each emitter (a Quantize, or a value-preserving twin that keeps its input's grid) goes uint8
+  // when, at every call, every reader of its output takes uint8.
+  std::map<nn::Module*, std::string> refusal; // "" = uint8
+  std::vector<nn::Module*> order;
+  for (const TraceCall& c : calls) {
+    nn::Module* e = c.module;
+    bool emitter = e && ((dynamic_cast<Quantize*>(e) &&
+                          static_cast<Quantize*>(e)->qmin == 0 &&
+                          static_cast<Quantize*>(e)->qmax == 255) ||
+                         dynamic_cast<QuantizedMaxPool2d*>(e) || dynamic_cast<QuantizedFlatten*>(e));
+    if (!emitter) continue;
+    if (!refusal.count(e)) order.push_back(e), refusal[e] = "";
+    if (!refusal[e].empty()) continue;
+    auto it = readers.find(c.output);
+    std::vector<nn::Module*> rs;
+    if (it != readers.end())
+      for (nn::Module* r : it->second)
+        if (r != e) rs.push_back(r);
+    if (rs.empty()) refusal[e] = "no module reads it (code in a parent's forward does)";
+    for (nn::Module* r : rs) {
+      if (!refusal[e].empty()) break;
+      if (r == nullptr) {
+        refusal[e] = "it is the model's output";
+        continue;
+      }
+      std::string why = uint8_refusal(*r, calls);
+      if (!why.empty())
+        refusal[e] = fmt::format("read by '{}' ({}): {}", path_of[r], r->type_name(), why);
+    }
+  }
+  // The trace's own calls are not the caller's.
+  for (nn::Module* m : model.modules()) {
+    if (auto* c = dynamic_cast<QuantizedConv2d*>(m)) c->off_grid_calls = 0;
+    if (auto* l = dynamic_cast<QuantizedLinear*>(m)) l->off_grid_calls = 0;
+  }
+  for (nn::Module* e : order) {
+    bool u8 = refusal[e].empty();
+    if (auto* q = dynamic_cast<Quantize*>(e)) q->emit_uint8 = u8;
+    if (auto* p = dynamic_cast<QuantizedMaxPool2d*>(e)) p->emit_uint8 = u8;
+    if (auto* f = dynamic_cast<QuantizedFlatten*>(e)) f->emit_uint8 = u8;
+    if (u8) {
+      report.uint8_outputs++;
+    } else {
+      report.float_outputs++;
+      report.float_output_reasons.push_back(path_of[e] + ": float, " + refusal[e]);
+    }
+  }
+}
+
 } // namespace
 
 // Runs (at most max_batches, 0 = all) batches of `loader` through the model in eval mode under
@@ -219,9 +514,13 @@ static void calibrate(nn::Module& model, data::DataLoader& loader, int64_t max_b
 }
 
 ConversionReport convert(nn::Module& model, ConvertOptions o) {
+  TB_CHECK(!o.keep_faster || !o.input_shape.empty(), "convert: keep_faster times each layer on "
+           "the shape it sees: give ConvertOptions::input_shape too");
+  TB_CHECK(o.timing_runs >= 1, "convert: timing_runs must be >= 1, got {}", o.timing_runs);
   ConversionReport report;
   std::optional<QParams> flow; // the model's input is float
   convert_visit(model, "", o, report, flow);
+  if (!o.input_shape.empty()) plan_flow(model, o, report);
   return report;
 }
 
@@ -231,7 +530,12 @@ ConversionReport quantize(nn::Module& model, const QConfigMapping& config,
   bool was_training = model.is_training();
   calibrate(model, calibration, max_batches);
   model.eval();
-  ConversionReport converted = convert(model);
+  Shape input_shape; // the uint8 flow is planned on the shape of a calibration batch
+  for (const auto& b : calibration) {
+    input_shape = b.inputs.shape();
+    break;
+  }
+  ConversionReport converted = convert(model, {.input_shape = input_shape});
   model.train(was_training);
   // Layers prepare skipped or left unchanged, then what convert did.
   for (const auto& l : prepared.layers)

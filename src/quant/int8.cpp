@@ -1,25 +1,27 @@
-// src/quant/int8.cpp — integer inference of QuantizedConv2d / QuantizedLinear (kernels/qconv.h).
+// src/quant/int8.cpp — integer inference of converted models (kernels/qconv.h).
 //
-// A converted layer still takes and returns float tensors, so that float neighbours (a layer
-// that stayed float, a DeQuantStub, the loss) keep working; but the float input it gets lies on
-// a quantization grid (a Quantize made it), and its output does too:
-//   x (float, on grid gx) -> x_q = round(x / sx) + zx (uint8, NHWC; exact, checked)
-//   -> y_q = requant(conv(x_q - zx, w_q))   (integer kernel, kernels/qconv.h)
-//   -> y = (y_q - zy) sy (float, channels-last), tagged as lying on grid gy,
-// and the Quantize after the layer (its activation_post_process, grid gy) passes a tensor already
-// tagged with its own grid through untouched. So the float between two integer layers is only
-// a carrier: the integer results are exactly those of the kernels.
+// Between integer layers the activations are uint8 tensors (channels-last for 4-D), "quantized
+// activations" whose grid (scale, zero point) is recorded by storage (src/ops/qactivation.h):
+//   x_q (uint8 NHWC, grid gx) -> y_q = requant(conv(x_q - zx, w_q))   (kernels/qconv.h)
+//   -> y_q (uint8 NHWC, grid gy) -> the next integer layer, join, pool or activation
+// with no float in between. Every integer forward here returns a uint8 activation; the layer's
+// Quantize (its activation_post_process, run by a forward hook) then either passes it on
+// (`emit_uint8`: convert found that every consumer of this output takes uint8) or dequantizes
+// it to a float "carrier" tagged with its grid, for float neighbours (functional code in a
+// parent's forward, a layer kept in float, the model's output).
 //
-// Which grid x lies on: first the grid a Quantize tagged x's storage with at run time (so that
-// branches and shortcuts, whose producer is not the previous module in the tree, are found),
-// else the input qparams convert recorded from the tree (buffers input_scale / input_zero_point:
-// the quantizer that precedes the layer, through value-preserving modules such as MaxPool2d).
-// The grid must pass the check that every element of x re-quantizes exactly onto it
-// (x == (q - zp) * scale in float32). An input on no known grid was not quantized in the
-// fake-quant model either (e.g. a functional mean in a parent's forward, which no observer
-// sees): the layer then runs the float path on it, as the fake-quant model does, and counts the
-// call in `off_grid_calls`.
+// The float-carrier fallback: an integer conv / linear given a float tensor looks for the grid
+// it lies on: first the grid a Quantize tagged x's storage with at run time (so that branches
+// and shortcuts, whose producer is not the previous module in the tree, are found), else the
+// input qparams convert recorded from the tree (buffers input_scale / input_zero_point), else
+// one of the last tagged grids. The grid must pass the check that every element of x
+// re-quantizes exactly onto it (x == (q - zp) * scale in float32). An input on no known grid
+// was not quantized in the fake-quant model either (e.g. a functional mean in a parent's
+// forward, which no observer sees): the layer then runs the float path on it, as the fake-quant
+// model does, and counts the call in `off_grid_calls`.
 #include "src/quant/int8.h"
+
+#include "src/ops/qactivation.h"
 
 #include <omp.h>
 
@@ -31,9 +33,13 @@
 namespace tb::quant {
 
 namespace {
-// tb::set_cpu_kernels picks the oneDNN kernels or the reference loops, as for every op.
+// tb::set_cpu_kernels picks the oneDNN / OpenMP kernels or the reference loops, as for every op.
 const kernels::QConvKernels& qconv_table() {
   return cpu_kernels() == CpuKernels::Fast ? kernels::QConvKernels::cpu : kernels::QConvKernels::ref;
+}
+const kernels::QElementwiseKernels& qelem_table() {
+  return cpu_kernels() == CpuKernels::Fast ? kernels::QElementwiseKernels::cpu
+                                           : kernels::QElementwiseKernels::ref;
 }
 } // namespace
 
@@ -41,6 +47,9 @@ namespace int8 {
 
 using kernels::QGrid;
 using kernels::Strides4;
+
+// Loops over fewer elements run on one thread: an OpenMP region costs microseconds.
+constexpr int64_t kParallelMin = 1 << 15;
 
 // ---- grid tags ------------------------------------------------------------------------------------
 
@@ -52,6 +61,7 @@ struct Tag {
 };
 thread_local std::array<Tag, 64> t_tags;
 thread_local size_t t_next = 0;
+} // namespace
 
 QGrid grid_of(const QParams& p, const std::string& who) {
   TB_CHECK(!p.per_channel && p.scale.numel() == 1 && p.zero_point.numel() == 1,
@@ -59,7 +69,6 @@ QGrid grid_of(const QParams& p, const std::string& who) {
            who, shape_str(p.scale.shape()));
   return {(float)p.scale.item(), (int32_t)p.zero_point.item()};
 }
-} // namespace
 
 void tag_grid(const Tensor& y, QGrid g) {
   if (y.device() != kCPU || y.dtype() != kFloat32) return;
@@ -103,47 +112,141 @@ std::string unsupported_reason(const QParams& w, const std::optional<QParams>& i
   return "";
 }
 
-// ---- float <-> uint8 --------------------------------------------------------------------------------
+// ---- uint8 activations ---------------------------------------------------------------------------
+
+std::optional<QGrid> activation_grid(const Tensor& x) {
+  std::optional<ActivationGrid> g = quantized_activation_grid(x);
+  if (!g) return std::nullopt;
+  return QGrid{g->scale, g->zero_point};
+}
+
+Tensor new_activation(const Shape& s, QGrid g) {
+  TensorOptions u8(kUInt8);
+  Tensor t = s.size() == 4 ? empty_channels_last(s, u8) : empty(s, u8);
+  mark_quantized_activation(t, {g.scale, g.zp});
+  return t;
+}
 
 namespace {
 
-// x (float32 [N, C, H, W] any strides, or [N, C] as H = W = 1) to uint8 NHWC on grid g: false
-// when some element is not exactly on the grid.
-bool quantize_nhwc(const Tensor& x, int64_t N, int64_t C, int64_t H, int64_t W, Strides4 s, QGrid g,
-                   uint8_t* out) {
+// True when x's memory is dense in the order the kernels read: N×H×W×C for 4-D (size-1 dims may
+// have any stride), row-major otherwise.
+bool is_dense_activation(const Tensor& x) {
+  if (x.dim() != 4) return x.is_contiguous();
+  int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  return (C == 1 || x.stride(1) == 1) && (W == 1 || x.stride(3) == C) &&
+         (H == 1 || x.stride(2) == W * C) && (N == 1 || x.stride(0) == H * W * C);
+}
+
+// Float x as [N, C, H, W] with strides s (2-D: [N, C] as H = W = 1) to levels on grid g, written
+// N×H×W×C into out; false when some element is not exactly on the grid (when `exact`).
+bool quantize_nhwc(const Tensor& x, int64_t N, int64_t C, int64_t H, int64_t W, Strides4 s,
+                   QGrid g, uint8_t* out, bool exact);
+
+} // namespace
+
+Tensor dense_activation(const Tensor& x, QGrid g) {
+  if (is_dense_activation(x)) return x;
+  Tensor y = new_activation(x.shape(), g);
+  y.copy_(x);
+  return y;
+}
+
+Tensor quantize_activation(const Tensor& x_in, QGrid g) {
+  TB_CHECK(x_in.device() == kCPU && is_floating(x_in.dtype()),
+           "quantize_activation: expected a float CPU tensor, got {} on {}",
+           dtype_name(x_in.dtype()), x_in.device().str());
+  Tensor x = x_in.dtype() == kFloat32 ? x_in : x_in.to(kFloat32);
+  Tensor y = new_activation(x.shape(), g);
+  if (x.dim() == 4) {
+    quantize_nhwc(x, x.size(0), x.size(1), x.size(2), x.size(3),
+                  {x.stride(0), x.stride(1), x.stride(2), x.stride(3)}, g, y.data<uint8_t>(), false);
+  } else {
+    Tensor xc = x.contiguous();
+    int64_t n = xc.numel();
+    quantize_nhwc(xc, 1, n, 1, 1, {n, 1, 1, 1}, g, y.data<uint8_t>(), false);
+  }
+  return y;
+}
+
+Tensor dequantize_activation(const Tensor& q_in, QGrid g) {
+  Tensor q = dense_activation(q_in, g);
+  Tensor y = q.dim() == 4 ? empty_channels_last(q.shape()) : empty(q.shape());
+  const uint8_t* qp = q.data<uint8_t>();
+  float* yp = y.data<float>();
+  float scale = g.scale;
+  int32_t zp = g.zp;
+  int64_t n = q.numel();
+#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
+  for (int64_t i = 0; i < n; i++) yp[i] = (float)((int32_t)qp[i] - zp) * scale;
+  tag_grid(y, g);
+  return y;
+}
+
+Tensor flatten_nhwc(const Tensor& x_in, QGrid g) {
+  Tensor x = dense_activation(x_in, g);
+  int64_t N = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  Tensor y = new_activation({N, C * P}, g);
+  const uint8_t* xp = x.data<uint8_t>();
+  uint8_t* yp = y.data<uint8_t>();
+#pragma omp parallel for schedule(static) if (N * C * P > kParallelMin)
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t c = 0; c < C; c++)
+      for (int64_t p = 0; p < P; p++) yp[(n * C + c) * P + p] = xp[(n * P + p) * C + c];
+  return y;
+}
+
+std::optional<QGrid> output_grid_of(const nn::Module& m) {
+  if (!m.has_child("activation_post_process")) return std::nullopt;
+  auto* q = dynamic_cast<Quantize*>(m.child("activation_post_process").get());
+  if (q == nullptr || q->qmin != 0 || q->qmax != 255) return std::nullopt;
+  Tensor s = q->get("scale"), z = q->get("zero_point");
+  if (s.device() == kCPU && s.dtype() == kFloat32 && z.dtype() == kInt32 && s.numel() == 1 &&
+      z.numel() == 1) // the usual buffers, read without a dispatch (once per layer and call)
+    return QGrid{s.data<float>()[0], z.data<int32_t>()[0]};
+  return grid_of(q->qparams(), m.type_name());
+}
+
+namespace {
+
+bool quantize_nhwc(const Tensor& x, int64_t N, int64_t C, int64_t H, int64_t W, Strides4 s,
+                   QGrid g, uint8_t* out, bool exact) {
   const float* xp = x.data<float>();
-  float inv = 1.0f / g.scale, zpf = (float)g.zp;
-  bool dense_nhwc = s.c == 1 && (H == 1 || s.h == W * C) && (W == 1 || s.w == C) && s.n == H * W * C;
-  if (dense_nhwc) { // the usual case (an integer layer's output): one flat, vectorisable loop
+  float inv = 1.0f / g.scale, zpf = (float)g.zp, scale = g.scale;
+  bool dense_nhwc = (C == 1 || s.c == 1) && (H == 1 || s.h == W * C) && (W == 1 || s.w == C) &&
+                    (N == 1 || s.n == H * W * C);
+  if (dense_nhwc) { // the usual case (a carrier from an integer layer): one flat loop
     int64_t n = N * H * W * C;
     int bad = 0;
-    float scale = g.scale;
-#pragma omp parallel for simd reduction(| : bad) schedule(static)
+#pragma omp parallel for simd reduction(| : bad) schedule(static) if (n > kParallelMin)
     for (int64_t i = 0; i < n; i++) {
       float v = xp[i];
       float q = std::min(std::max(std::nearbyintf(v * inv) + zpf, 0.0f), 255.0f);
       bad |= (int)((q - zpf) * scale != v);
       out[i] = (uint8_t)(int32_t)q;
     }
-    return bad == 0;
+    return !exact || bad == 0;
   }
   std::atomic<bool> ok{true};
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (N * H * W * C > kParallelMin)
   for (int64_t n = 0; n < N; n++)
     for (int64_t h = 0; h < H; h++) {
-      if (!ok.load(std::memory_order_relaxed)) continue; // already off this grid
-      bool row_ok = true;
-      for (int64_t w = 0; w < W; w++)
-        for (int64_t c = 0; c < C; c++) {
-          float v = xp[n * s.n + c * s.c + h * s.h + w * s.w];
-          float q = std::nearbyintf(v * inv) + (float)g.zp;
-          q = std::min(255.0f, std::max(0.0f, q));
-          row_ok &= (q - (float)g.zp) * g.scale == v;
-          out[((n * H + h) * W + w) * C + c] = (uint8_t)q;
+      if (exact && !ok.load(std::memory_order_relaxed)) continue; // already off this grid
+      int row_bad = 0;
+      uint8_t* orow = out + (n * H + h) * W * C;
+      for (int64_t c = 0; c < C; c++) { // a row of one channel: reads along w (NCHW: contiguous)
+        const float* xr = xp + n * s.n + c * s.c + h * s.h;
+#pragma omp simd reduction(| : row_bad)
+        for (int64_t w = 0; w < W; w++) {
+          float v = xr[w * s.w];
+          float q = std::min(std::max(std::nearbyintf(v * inv) + zpf, 0.0f), 255.0f);
+          row_bad |= (int)((q - zpf) * scale != v);
+          orow[w * C + c] = (uint8_t)(int32_t)q;
         }
-      if (!row_ok) ok = false;
+      }
+      if (row_bad) ok = false;
     }
-  return ok;
+  return !exact || ok;
 }
 
 // Tries the tagged grid, the recorded one, then those of the last Quantize outputs (a tensor that
@@ -160,7 +263,7 @@ std::optional<QGrid> quantize_input(const nn::Module& m, const Tensor& x, int64_
     for (const QGrid& t : tried)
       if (same(t, g)) return false;
     tried.push_back(g);
-    return quantize_nhwc(x, N, C, H, W, s, g, out);
+    return quantize_nhwc(x, N, C, H, W, s, g, out, true);
   };
   if (tagged && attempt(*tagged)) return tagged;
   if (attempt(recorded)) return recorded;
@@ -170,20 +273,22 @@ std::optional<QGrid> quantize_input(const nn::Module& m, const Tensor& x, int64_
 }
 
 // Requantization constants: M[o] = s_in s_w[o] / s_out; bias_q[o] = round(b[o] / (s_in s_w[o])).
+// Kept in the layer's plan (the pointers in r point into the vectors).
 struct RequantData {
   std::vector<float> multiplier;
   std::vector<int32_t> bias;
   kernels::Requant r;
 };
-RequantData requant_data(const nn::Module& m, QGrid in, QGrid out, int64_t O, FusedAct act) {
+void fill_requant(RequantData& d, const nn::Module& m, QGrid in, QGrid out, int64_t O,
+                  FusedAct act) {
   Tensor ws = m.get("weight_scale");
   TB_CHECK(ws.numel() == 1 || ws.numel() == O, "{}: weight_scale has {} values for {} output "
            "channels", m.type_name(), ws.numel(), O);
   std::vector<double> wsv = ws.to_vector();
-  RequantData d;
   d.multiplier.resize(O);
   for (int64_t o = 0; o < O; o++)
     d.multiplier[o] = in.scale * (float)wsv[ws.numel() == 1 ? 0 : o] / out.scale;
+  d.bias.clear();
   if (Tensor b = m.find("bias"); b.defined()) {
     TB_CHECK(b.numel() == O, "{}: bias has {} values for {} output channels", m.type_name(),
              b.numel(), O);
@@ -202,29 +307,23 @@ RequantData requant_data(const nn::Module& m, QGrid in, QGrid out, int64_t O, Fu
   d.r.act = act == FusedAct::None ? kernels::QAct::None
             : act == FusedAct::ReLU ? kernels::QAct::ReLU : kernels::QAct::Clip;
   d.r.clip_hi = 6.0f / out.scale;
-  return d;
 }
 
 QGrid output_grid(nn::Module& m) {
-  auto* q = dynamic_cast<Quantize*>(m.child("activation_post_process").get());
-  TB_CHECK(q != nullptr, "{}: integer inference needs a Quantize as activation_post_process",
-           m.type_name());
-  return grid_of(q->qparams(), m.type_name());
+  std::optional<QGrid> g = output_grid_of(m);
+  TB_CHECK(g.has_value(), "{}: integer inference needs a uint8 [0, 255] Quantize as "
+           "activation_post_process", m.type_name());
+  return *g;
 }
 
-// y = (q - zp) * scale, flat (the float tensor has the same memory order as q).
-void dequantize_into(const uint8_t* q, QGrid g, float* y, int64_t n) {
-  float scale = g.scale;
-  int32_t zp = g.zp;
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; i++) y[i] = (float)((int32_t)q[i] - zp) * scale;
-}
-
+// x: a float32 carrier or a uint8 quantized activation, on the CPU, of the expected size.
 void check_input(const nn::Module& m, const Tensor& x, int64_t dims, int64_t channels,
                  int64_t channel_dim) {
-  TB_CHECK(x.dtype() == kFloat32 && x.device() == kCPU,
-           "{}: integer inference takes a float32 CPU tensor (the output of a Quantize), got {} "
-           "on {}", m.type_name(), dtype_name(x.dtype()), x.device().str());
+  bool activation = x.dtype() == kUInt8 && activation_grid(x).has_value();
+  TB_CHECK((x.dtype() == kFloat32 || activation) && x.device() == kCPU,
+           "{}: integer inference takes a float32 CPU tensor (the output of a Quantize) or a "
+           "uint8 quantized activation (the output of an integer layer), got {} on {}",
+           m.type_name(), dtype_name(x.dtype()), x.device().str());
   TB_CHECK(dims < 0 ? x.dim() >= 1 : x.dim() == dims, "{}: expected a {} input, got {}",
            m.type_name(), dims < 0 ? "[..., features]" : fmt::format("{}-D", dims),
            shape_str(x.shape()));
@@ -232,44 +331,60 @@ void check_input(const nn::Module& m, const Tensor& x, int64_t dims, int64_t cha
            m.type_name(), shape_str(x.shape()), x.size(channel_dim), channels);
 }
 
-} // namespace
-
-// ---- layers -----------------------------------------------------------------------------------------
-
-namespace {
-
-// QuantizedConv2d::int8_plan: the kernel plan and everything it was made from. Holding the weight
-// buffer keeps its storage alive, so a storage pointer in the key cannot be reused by another.
-struct ConvPlanCache {
-  std::vector<int64_t> key;
-  Tensor weight;
-  std::shared_ptr<const kernels::QConvPlan> plan;
-};
-
 int64_t bits_of(float f) {
   int32_t i;
   std::memcpy(&i, &f, 4);
   return i;
 }
 
-const kernels::QConvPlan& conv_plan(QuantizedConv2d& m, const kernels::Conv2dGeom& g,
-                                    const kernels::Requant& r) {
+// The key of everything a layer's plan is made from: kernel table, input shape, grids, and the
+// buffers (storage and version: load_state_dict writes them in place).
+std::vector<int64_t> plan_key(const nn::Module& m, const void* table, const Shape& in_shape,
+                              QGrid in, QGrid out) {
+  std::vector<int64_t> key{(int64_t)(intptr_t)table, bits_of(in.scale), in.zp, bits_of(out.scale),
+                           out.zp};
+  for (int64_t d : in_shape) key.push_back(d);
+  for (const char* name : {"weight", "weight_scale", "bias"})
+    if (Tensor t = m.find(name); t.defined()) {
+      key.push_back((int64_t)(intptr_t)t.storage().get());
+      key.push_back(t.offset());
+      key.push_back((int64_t)t.version());
+    }
+  return key;
+}
+
+} // namespace
+
+// ---- conv / linear ----------------------------------------------------------------------------------
+
+namespace {
+
+// QuantizedConv2d::int8_plan / QuantizedLinear::int8_plan: the requantization constants, the
+// kernel plan and everything they were made from. Holding the buffers keeps their storages
+// alive, so a storage pointer in the key cannot be reused by another.
+struct LayerPlan {
+  std::vector<int64_t> key;
+  std::vector<Tensor> buffers;
+  RequantData rd;
+  std::shared_ptr<const kernels::QConvPlan> conv; // conv only
+  Tensor weight;                                  // linear only: int8 [O, I] contiguous
+};
+
+template <class Layer>
+LayerPlan& layer_plan(Layer& m, const Shape& in_shape, QGrid in, QGrid out, int64_t O,
+                      const std::function<void(LayerPlan&)>& make) {
   const kernels::QConvKernels& table = qconv_table();
-  Tensor wbuf = m.get("weight");
-  std::vector<int64_t> key{(int64_t)(intptr_t)&table, g.N, g.C, g.H, g.W, (int64_t)r.act,
-                           bits_of(r.clip_hi), r.bias != nullptr,
-                           (int64_t)(intptr_t)wbuf.storage().get(), wbuf.offset(),
-                           (int64_t)wbuf.version()};
-  for (int64_t o = 0; o < g.O; o++) key.push_back(bits_of(r.multiplier[o]));
-  auto* c = static_cast<ConvPlanCache*>(m.int8_plan.get());
-  if (c && c->key == key) return *c->plan;
-  Tensor w = m.int_weight().contiguous();
-  auto fresh = std::make_shared<ConvPlanCache>();
+  std::vector<int64_t> key = plan_key(m, &table, in_shape, in, out);
+  auto* c = static_cast<LayerPlan*>(m.int8_plan.get());
+  if (c && c->key == key) return *c;
+  auto fresh = std::make_shared<LayerPlan>();
   fresh->key = std::move(key);
-  fresh->weight = wbuf;
-  fresh->plan = table.prepare_conv2d(g, w.data<int8_t>(), r);
+  for (const char* name : {"weight", "weight_scale", "bias"})
+    if (Tensor t = m.find(name); t.defined()) fresh->buffers.push_back(t);
+  fill_requant(fresh->rd, m, in, out, O, m.act);
+  make(*fresh);
   m.int8_plan = fresh;
-  return *fresh->plan;
+  return *fresh;
 }
 
 } // namespace
@@ -287,18 +402,24 @@ Tensor conv2d_forward(QuantizedConv2d& m, const Tensor& x) {
   g.OW = (g.W + 2 * g.pad_w - g.dil_w * (g.KW - 1) - 1) / g.stride_w + 1;
   TB_CHECK(g.OH > 0 && g.OW > 0, "QuantizedConv2d: input {} is too small for the kernel {}x{}",
            shape_str(x.shape()), g.KH, g.KW);
-  Strides4 s{x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
-  Tensor xq = empty({g.N, g.H, g.W, g.C}, TensorOptions(kUInt8));
-  std::optional<QGrid> in_grid = quantize_input(m, x, g.N, g.C, g.H, g.W, s, xq.data<uint8_t>());
-  if (!in_grid) return Tensor();
-  QGrid in = *in_grid, out = output_grid(m);
-  RequantData rd = requant_data(m, in, out, O, m.act);
-  const kernels::QConvPlan& plan = conv_plan(m, g, rd.r);
-  Tensor yq = empty({g.N, g.OH, g.OW, O}, TensorOptions(kUInt8));
-  qconv_table().run_conv2d(plan, xq.data<uint8_t>(), rd.r, yq.data<uint8_t>());
-  Tensor y = empty_channels_last({g.N, O, g.OH, g.OW});
-  dequantize_into(yq.data<uint8_t>(), out, y.data<float>(), y.numel());
-  tag_grid(y, out);
+  QGrid in, out = output_grid(m);
+  Tensor xq;
+  if (x.dtype() == kUInt8) { // a quantized activation: its levels as they are
+    in = *activation_grid(x);
+    xq = dense_activation(x, in);
+  } else { // a float carrier: its levels, if it lies on a known grid
+    xq = empty({g.N, g.H, g.W, g.C}, TensorOptions(kUInt8));
+    Strides4 s{x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
+    std::optional<QGrid> in_grid = quantize_input(m, x, g.N, g.C, g.H, g.W, s, xq.data<uint8_t>());
+    if (!in_grid) return Tensor();
+    in = *in_grid;
+  }
+  LayerPlan& plan = layer_plan(m, x.shape(), in, out, O, [&](LayerPlan& p) {
+    Tensor w = m.int_weight().contiguous();
+    p.conv = qconv_table().prepare_conv2d(g, w.data<int8_t>(), p.rd.r);
+  });
+  Tensor y = new_activation({g.N, O, g.OH, g.OW}, out);
+  qconv_table().run_conv2d(*plan.conv, xq.data<uint8_t>(), plan.rd.r, y.data<uint8_t>());
   return y;
 }
 
@@ -306,24 +427,170 @@ Tensor linear_forward(QuantizedLinear& m, const Tensor& x) {
   int64_t O = m.weight_shape[0], I = m.weight_shape[1];
   check_input(m, x, -1, I, -1);
   int64_t N = x.numel() / I;
-  Tensor xc = x.contiguous(); // [..., I] as [N, I]; same storage (and tag) when already contiguous
-  Tensor xq = empty({N, I}, TensorOptions(kUInt8));
-  if (std::optional<QGrid> tagged = tagged_grid(x); tagged && xc.storage() != x.storage())
-    tag_grid(xc, *tagged); // a copy of a tagged tensor holds the same values
-  std::optional<QGrid> in_grid = quantize_input(m, xc, N, I, 1, 1, {I, 1, 1, 1},
-                                                xq.data<uint8_t>());
-  if (!in_grid) return Tensor();
-  QGrid in = *in_grid, out = output_grid(m);
-  RequantData rd = requant_data(m, in, out, O, m.act);
-  Tensor w = m.int_weight().contiguous();
-  Tensor yq = empty({N, O}, TensorOptions(kUInt8));
-  qconv_table().linear(N, I, O, xq.data<uint8_t>(), w.data<int8_t>(), rd.r, yq.data<uint8_t>());
+  QGrid in, out = output_grid(m);
+  Tensor xq;
+  if (x.dtype() == kUInt8) {
+    in = *activation_grid(x);
+    xq = x.is_contiguous() ? x : dense_activation(x.contiguous(), in);
+  } else {
+    Tensor xc = x.contiguous(); // [..., I] as [N, I]; same storage (and tag) when contiguous
+    if (std::optional<QGrid> tagged = tagged_grid(x); tagged && xc.storage() != x.storage())
+      tag_grid(xc, *tagged); // a copy of a tagged tensor holds the same values
+    xq = empty({N, I}, TensorOptions(kUInt8));
+    std::optional<QGrid> in_grid = quantize_input(m, xc, N, I, 1, 1, {I, 1, 1, 1},
+                                                  xq.data<uint8_t>());
+    if (!in_grid) return Tensor();
+    in = *in_grid;
+  }
+  LayerPlan& plan = layer_plan(m, {I}, in, out, O, [&](LayerPlan& p) {
+    p.weight = m.int_weight().contiguous();
+  });
   Shape ys = x.shape();
   ys.back() = O;
-  Tensor y = empty(ys);
-  dequantize_into(yq.data<uint8_t>(), out, y.data<float>(), y.numel());
-  tag_grid(y, out);
+  Tensor y = new_activation(ys, out);
+  qconv_table().linear(N, I, O, xq.data<uint8_t>(), plan.weight.data<int8_t>(), plan.rd.r,
+                       y.data<uint8_t>());
   return y;
+}
+
+// ---- joins, activations, pools --------------------------------------------------------------------
+
+namespace {
+
+// The inputs' grids when every one is a uint8 activation on the CPU, else nullopt.
+std::optional<std::vector<QGrid>> activation_grids(const std::vector<Tensor>& xs) {
+  std::vector<QGrid> gs;
+  for (const Tensor& x : xs) {
+    std::optional<QGrid> g = activation_grid(x);
+    if (!g || x.device() != kCPU) return std::nullopt;
+    gs.push_back(*g);
+  }
+  return gs;
+}
+
+const uint8_t* levels(const Tensor& dense) { return dense.data<uint8_t>(); }
+
+} // namespace
+
+Tensor add_forward(const nn::Module& m, const std::vector<Tensor>& xs) {
+  std::optional<QGrid> gy = output_grid_of(m);
+  auto gs = activation_grids(xs);
+  if (!gy || !gs || xs.size() != 2 || xs[0].shape() != xs[1].shape()) return Tensor();
+  Tensor a = dense_activation(xs[0], (*gs)[0]), b = dense_activation(xs[1], (*gs)[1]);
+  Tensor y = new_activation(a.shape(), *gy);
+  qelem_table().add(levels(a), (*gs)[0], levels(b), (*gs)[1], y.data<uint8_t>(), *gy, y.numel());
+  return y;
+}
+
+Tensor mul_forward(const nn::Module& m, const std::vector<Tensor>& xs) {
+  std::optional<QGrid> gy = output_grid_of(m);
+  auto gs = activation_grids(xs);
+  if (!gy || !gs || xs.size() != 2) return Tensor();
+  Tensor a = dense_activation(xs[0], (*gs)[0]), b = dense_activation(xs[1], (*gs)[1]);
+  QGrid ga = (*gs)[0], gb = (*gs)[1];
+  if (a.shape() == b.shape()) {
+    Tensor y = new_activation(a.shape(), *gy);
+    qelem_table().mul(levels(a), ga, levels(b), gb, y.data<uint8_t>(), *gy, 1, a.numel(), 1, false);
+    return y;
+  }
+  // The SE gate: [N, C, H, W] times [N, C, 1, 1] (either order; the product commutes exactly).
+  if (a.dim() == 4 && b.dim() == 4 && a.size(2) * a.size(3) < b.size(2) * b.size(3)) {
+    std::swap(a, b);
+    std::swap(ga, gb);
+  }
+  if (a.dim() != 4 || b.dim() != 4 || b.size(0) != a.size(0) || b.size(1) != a.size(1) ||
+      b.size(2) != 1 || b.size(3) != 1)
+    return Tensor();
+  Tensor y = new_activation(a.shape(), *gy);
+  int64_t N = a.size(0), C = a.size(1), P = a.size(2) * a.size(3);
+  qelem_table().mul(levels(a), ga, levels(b), gb, y.data<uint8_t>(), *gy, N, P, C, true);
+  return y;
+}
+
+Tensor cat_forward(const nn::Module& m, const std::vector<Tensor>& xs, int64_t dim) {
+  std::optional<QGrid> gy = output_grid_of(m);
+  auto gs = activation_grids(xs);
+  if (!gy || !gs || xs.empty()) return Tensor();
+  int64_t nd = xs[0].dim();
+  // Along the channels of 4-D (NHWC: the last memory dim) or the last dim of 2-D tensors.
+  if (!((nd == 4 && (dim == 1 || dim == -3)) || (nd == 2 && (dim == 1 || dim == -1)))) return Tensor();
+  std::vector<Tensor> dense;
+  std::vector<const uint8_t*> ptrs;
+  std::vector<int64_t> widths;
+  Shape ys = xs[0].shape();
+  ys[1] = 0;
+  for (size_t j = 0; j < xs.size(); j++) {
+    const Tensor& x = xs[j];
+    if (x.dim() != nd || x.size(0) != ys[0] || (nd == 4 && (x.size(2) != ys[2] || x.size(3) != ys[3])))
+      return Tensor();
+    dense.push_back(dense_activation(x, (*gs)[j]));
+    ptrs.push_back(levels(dense.back()));
+    widths.push_back(x.size(1));
+    ys[1] += x.size(1);
+  }
+  Tensor y = new_activation(ys, *gy);
+  int64_t outer = nd == 4 ? ys[0] * ys[2] * ys[3] : ys[0];
+  qelem_table().cat(ptrs.data(), gs->data(), widths.data(), (int64_t)xs.size(), y.data<uint8_t>(),
+                    *gy, outer);
+  return y;
+}
+
+Tensor activation_forward(const nn::Module& m, kernels::QActivation kind, const Tensor& x) {
+  std::optional<QGrid> gy = output_grid_of(m), gx = activation_grid(x);
+  if (!gy || !gx || x.device() != kCPU) return Tensor();
+  Tensor a = dense_activation(x, *gx);
+  Tensor y = new_activation(a.shape(), *gy);
+  qelem_table().activation(kind, levels(a), *gx, y.data<uint8_t>(), *gy, y.numel());
+  return y;
+}
+
+namespace {
+// The pool's kernel, stride and padding when the integer kernels cover it: 4-D input, no
+// ceil_mode (whose last windows PyTorch clips differently), count_include_pad for averages.
+bool plain_pool(const Tensor& x, const Pool2dParams& p, bool average) {
+  return x.dim() == 4 && !p.ceil_mode && (!average || p.count_include_pad) && p.kernel_h >= 1 &&
+         p.kernel_w >= 1;
+}
+int64_t pool_out(int64_t in, int64_t k, int64_t pad, int64_t stride) {
+  return (in + 2 * pad - k) / stride + 1;
+}
+} // namespace
+
+Tensor max_pool2d_forward(const Tensor& x, const Pool2dParams& p) {
+  std::optional<QGrid> gx = activation_grid(x);
+  if (!gx || !plain_pool(x, p, false) || x.device() != kCPU) return Tensor();
+  Tensor a = dense_activation(x, *gx);
+  int64_t sh = p.stride_h ? p.stride_h : p.kernel_h, sw = p.stride_w ? p.stride_w : p.kernel_w;
+  int64_t N = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
+  int64_t OH = pool_out(H, p.kernel_h, p.pad_h, sh), OW = pool_out(W, p.kernel_w, p.pad_w, sw);
+  if (OH < 1 || OW < 1) return Tensor();
+  Tensor y = new_activation({N, C, OH, OW}, *gx); // max commutes with the affine map: same grid
+  qelem_table().max_pool2d(levels(a), N, C, H, W, p.kernel_h, p.kernel_w, sh, sw, p.pad_h,
+                           p.pad_w, y.data<uint8_t>(), OH, OW);
+  return y;
+}
+
+Tensor avg_pool2d_forward(const nn::Module& m, const Tensor& x, const Pool2dParams& p) {
+  std::optional<QGrid> gy = output_grid_of(m), gx = activation_grid(x);
+  if (!gy || !gx || !plain_pool(x, p, true) || x.device() != kCPU) return Tensor();
+  Tensor a = dense_activation(x, *gx);
+  int64_t sh = p.stride_h ? p.stride_h : p.kernel_h, sw = p.stride_w ? p.stride_w : p.kernel_w;
+  int64_t N = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
+  int64_t OH = pool_out(H, p.kernel_h, p.pad_h, sh), OW = pool_out(W, p.kernel_w, p.pad_w, sw);
+  if (OH < 1 || OW < 1) return Tensor();
+  Tensor y = new_activation({N, C, OH, OW}, *gy);
+  qelem_table().avg_pool2d(levels(a), *gx, N, C, H, W, p.kernel_h, p.kernel_w, sh, sw, p.pad_h,
+                           p.pad_w, y.data<uint8_t>(), *gy, OH, OW);
+  return y;
+}
+
+Tensor adaptive_avg_pool2d_forward(const nn::Module& m, const Tensor& x, int64_t oh, int64_t ow) {
+  // PyTorch's adaptive windows [floor(i H / OH), ceil((i + 1) H / OH)) are a plain pool with
+  // kernel = stride = H / OH when OH divides H (the global pool: OH = 1).
+  if (x.dim() != 4 || oh < 1 || ow < 1 || x.size(2) % oh != 0 || x.size(3) % ow != 0)
+    return Tensor();
+  int64_t kh = x.size(2) / oh, kw = x.size(3) / ow;
+  return avg_pool2d_forward(m, x, {.kernel_h = kh, .kernel_w = kw, .stride_h = kh, .stride_w = kw});
 }
 
 } // namespace int8

@@ -254,13 +254,34 @@ void set_input_buffers(nn::Module& m, const QParams& p) {
 void QuantizedConv2d::set_input_qparams(const QParams& p) { set_input_buffers(*this, p); }
 void QuantizedLinear::set_input_qparams(const QParams& p) { set_input_buffers(*this, p); }
 
+// The float path's weight: dequantized once and kept with the weight buffer it came from (its
+// storage and version: a load_state_dict writing new integers in place makes a new one).
+namespace {
+struct FloatWeight {
+  Tensor source, weight;
+  uint64_t version = 0;
+};
+template <class Layer> Tensor cached_float_weight(Layer& m) {
+  Tensor src = m.get("weight");
+  auto* c = static_cast<FloatWeight*>(m.float_weight.get());
+  if (c && c->source.storage() == src.storage() && c->version == src.version() &&
+      c->source.offset() == src.offset())
+    return c->weight;
+  auto fresh = std::make_shared<FloatWeight>();
+  fresh->source = src;
+  fresh->version = src.version();
+  fresh->weight = dequantize_tensor(m.int_weight(), m.weight_qparams());
+  m.float_weight = fresh;
+  return fresh->weight;
+}
+} // namespace
+
 Tensor QuantizedConv2d::forward(const Tensor& x) {
   if (integer) {
     if (Tensor y = int8::conv2d_forward(*this, x); y.defined()) return y;
     off_grid_calls++; // an input no quantizer made: the float path, as the fake-quant model
   }
-  Tensor w = dequantize_tensor(int_weight(), weight_qparams());
-  return apply_act(act, conv2d(x, w, find("bias"), params));
+  return apply_act(act, conv2d(dequantize(x), cached_float_weight(*this), find("bias"), params));
 }
 
 QuantizedLinear::QuantizedLinear(const Tensor& weight_float, const Tensor& bias, const QParams& wq,
@@ -283,8 +304,7 @@ Tensor QuantizedLinear::forward(const Tensor& x) {
     if (Tensor y = int8::linear_forward(*this, x); y.defined()) return y;
     off_grid_calls++;
   }
-  Tensor w = dequantize_tensor(int_weight(), weight_qparams());
-  return apply_act(act, linear(x, w, find("bias")));
+  return apply_act(act, linear(dequantize(x), cached_float_weight(*this), find("bias")));
 }
 
 Quantize::Quantize(const QParams& p) : qmin(p.qmin), qmax(p.qmax) {
@@ -293,15 +313,26 @@ Quantize::Quantize(const QParams& p) : qmin(p.qmin), qmax(p.qmax) {
   register_buffer("zero_point", p.zero_point.clone());
 }
 
-Tensor Quantize::forward(const Tensor& x) {
+Tensor Quantize::forward(const Tensor& x_in) {
+  bool u8 = qmin == 0 && qmax == 255; // the grids integer layers use
+  Tensor x = x_in;
+  if (std::optional<kernels::QGrid> g = int8::activation_grid(x)) { // a uint8 activation
+    const Tensor &s = get("scale"), &z = get("zero_point");
+    bool on_grid = s.device() == kCPU && s.dtype() == kFloat32 && z.dtype() == kInt32
+                       ? g->scale == s.data<float>()[0] && g->zp == z.data<int32_t>()[0]
+                       : g->scale == (float)s.item() && g->zp == (int32_t)z.item();
+    if (u8 && on_grid) return emit_uint8 ? x : int8::dequantize_activation(x, *g);
+    x = int8::dequantize_activation(x, *g); // another grid: requantized below
+  }
+  if (u8 && emit_uint8) return int8::quantize_activation(x, int8::grid_of(qparams(), "Quantize"));
   // Tags are only made for [0, 255] grids: a tensor tagged with this same grid is already
-  // quantized onto it (an integer layer's output), and quantizing again would not change it.
-  if (auto g = int8::tagged_grid(x); g && qmin == 0 && qmax == 255 && !x.requires_grad() &&
+  // quantized onto it (an integer layer's carrier), and quantizing again would not change it.
+  if (auto g = int8::tagged_grid(x); g && u8 && !x.requires_grad() &&
                                       g->scale == get("scale").item() &&
                                       g->zp == (int32_t)get("zero_point").item())
     return x;
   Tensor y = fake_quantize_per_tensor_affine(x, get("scale"), get("zero_point"), qmin, qmax);
-  if (qmin == 0 && qmax == 255) int8::tag_grid(y, qparams()); // the grids integer layers use
+  if (u8) int8::tag_grid(y, qparams());
   return y;
 }
 
