@@ -259,7 +259,7 @@ static Row compress(const std::string& method, const ModulePtr& baseline, const 
 
 static ModulePtr make_cnn() { return tb::models::cnn({.num_classes = 10, .in_channels = 1}); }
 
-// The float32 CNN: loaded from --baseline, or trained here (plain SGD, the main job's recipe)
+// The float32 CNN: loaded from --baseline, or trained here (ex::fit: the main job's recipe)
 // and saved as OUT/baseline/checkpoint.safetensors.
 static ModulePtr baseline_model(const Options& o, const Data& d, const fs::path& out) {
   ModulePtr net = make_cnn();
@@ -268,32 +268,8 @@ static ModulePtr baseline_model(const Options& o, const Data& d, const fs::path&
     std::printf("baseline: loaded from %s\n", o.baseline.c_str());
     return net;
   }
-  tb::optim::SGD opt(net->parameters(), {.lr = o.baseline_lr, .momentum = 0.9,
-                                         .weight_decay = 5e-4});
-  int64_t per_epoch = o.max_steps > 0 ? std::min<int64_t>(o.max_steps, d.train->size())
-                                      : d.train->size();
-  auto sched = tb::optim::warmup_cosine(opt, std::max<int64_t>(1, per_epoch / 2),
-                                        per_epoch * o.baseline_epochs);
-  net->train();
-  for (int epoch = 0; epoch < o.baseline_epochs; epoch++) {
-    d.train->set_epoch(epoch);
-    ex::Progress progress({.total = per_epoch, .label = fmt::format("baseline {}/{}", epoch + 1,
-                                                                     o.baseline_epochs)});
-    ex::Meter meter;
-    int64_t i = 0;
-    for (const auto& b : *d.train) {
-      if (i == per_epoch) break;
-      tb::Tensor logits = (*net)(b.inputs);
-      tb::Tensor loss = tb::cross_entropy(logits, b.targets);
-      opt.zero_grad();
-      loss.backward();
-      opt.step();
-      sched->step();
-      meter.add(loss.item() * b.targets.numel(), logits, b.targets);
-      progress.update(++i, meter);
-    }
-    progress.finish();
-  }
+  ex::fit(*net, *d.train, {.epochs = o.baseline_epochs, .lr = o.baseline_lr,
+                           .max_steps = o.max_steps, .label = "baseline"});
   fs::create_directories(out / "baseline");
   ex::save_checkpoint(out / "baseline" / "checkpoint.safetensors", {.model = *net},
                       {.epoch = o.baseline_epochs, .metadata = {{"model", "cnn"}}});

@@ -107,39 +107,15 @@ struct Data {
   tb::data::DataLoader* test;
 };
 
-// SGD with momentum; cosine from lr to 0 over the epochs. `after_step(t)` runs after every
-// optimizer step (AGP prunes there). Pruned weights stay pruned: the optimizer updates
-// weight_orig and the mask hides what it does to pruned entries.
+// SGD with momentum (0.9, weight decay 5e-4); cosine from lr to 0 over the epochs, no warm-up
+// (ex::fit). `after_step(t)` runs after every optimizer step (AGP prunes there). Pruned weights
+// stay pruned: the optimizer updates weight_orig and the mask hides what it does to pruned
+// entries.
 static void train(tb::nn::Module& net, const Data& d, int epochs, double lr, const Options& o,
                   const std::string& label,
                   const std::function<void(int64_t)>& after_step = nullptr) {
-  if (epochs == 0) return;
-  tb::optim::SGD opt(net.parameters(), {.lr = lr, .momentum = 0.9, .weight_decay = 5e-4});
-  int64_t steps = d.train->size();
-  if (o.max_steps > 0) steps = std::min(steps, o.max_steps);
-  tb::optim::CosineAnnealingLR sched(opt, std::max<int64_t>(1, steps * epochs));
-  int64_t t = 0;
-  net.train();
-  for (int epoch = 0; epoch < epochs; epoch++) {
-    d.train->set_epoch(epoch);
-    ex::Progress progress({.total = steps, .label = fmt::format("{} {}/{}", label, epoch + 1,
-                                                                 epochs)});
-    ex::Meter meter;
-    int64_t step = 0;
-    for (const auto& b : *d.train) {
-      if (step == steps) break;
-      tb::Tensor logits = net(b.inputs);
-      tb::Tensor loss = tb::cross_entropy(logits, b.targets);
-      opt.zero_grad();
-      loss.backward();
-      opt.step();
-      sched.step();
-      meter.add(loss.item() * b.targets.numel(), logits, b.targets);
-      progress.update(++step, meter);
-      if (after_step) after_step(++t);
-    }
-    progress.finish();
-  }
+  ex::fit(net, *d.train, {.epochs = epochs, .lr = lr, .warmup_steps = 0,
+                          .max_steps = o.max_steps, .label = label, .after_step = after_step});
   net.eval();
 }
 

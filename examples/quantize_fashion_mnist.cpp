@@ -88,40 +88,9 @@ static ModulePtr make_model(const std::string& name) {
 
 // ---- 2. Training (the float baseline and the QAT fine-tunes) ------------------------------------
 
-// SGD with momentum, linear warm-up then cosine decay; `on_step(step, total)` runs before each
-// step (QAT freezes BN statistics and observers from it). Returns the seconds spent.
-static double train(tb::nn::Module& model, tb::data::DataLoader& loader, int epochs, double lr,
-                    int64_t max_steps, const std::function<void(int64_t, int64_t)>& on_step = {}) {
-  auto start = std::chrono::steady_clock::now();
-  tb::optim::SGD opt(model.parameters(), {.lr = lr, .momentum = 0.9, .weight_decay = 5e-4});
-  int64_t per_epoch = max_steps > 0 ? std::min<int64_t>(max_steps, loader.size()) : loader.size();
-  int64_t total = std::max<int64_t>(per_epoch * epochs, 2);
-  auto sched = tb::optim::warmup_cosine(opt, std::max<int64_t>(1, per_epoch / 2), total);
-  model.train();
-  int64_t step = 0;
-  for (int epoch = 0; epoch < epochs; epoch++) {
-    loader.set_epoch(epoch);
-    ex::Progress progress({.total = per_epoch, .label = fmt::format("  epoch {}/{}", epoch + 1,
-                                                                     epochs)});
-    ex::Meter meter;
-    int64_t i = 0;
-    for (const auto& b : loader) {
-      if (i >= per_epoch) break;
-      if (on_step) on_step(step, total);
-      tb::Tensor logits = model(b.inputs);
-      tb::Tensor loss = tb::cross_entropy(logits, b.targets);
-      opt.zero_grad();
-      loss.backward();
-      opt.step();
-      sched->step();
-      meter.add(loss.item() * b.targets.numel(), logits, b.targets);
-      progress.update(++i, meter);
-      step++;
-    }
-    progress.finish();
-  }
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
+// Training is ex::fit: SGD with momentum 0.9 and weight decay 5e-4, linear warm-up over half an
+// epoch then cosine decay, cross-entropy. QAT passes a before_step callback that freezes BN
+// statistics and observers at fixed fractions of the run.
 
 // ---- 3. Results ------------------------------------------------------------------------------------
 
@@ -215,7 +184,9 @@ static int run(const Options& o) {
       std::printf("reusing %s\n", fp32_path.c_str());
     } else {
       std::printf("training the float baseline (%d epochs)\n", o.epochs);
-      seconds = train(*fp32, train_loader, o.epochs, o.lr, o.max_steps);
+      seconds = ex::fit(*fp32, train_loader, {.epochs = o.epochs, .lr = o.lr,
+                                              .max_steps = o.max_steps, .label = "  epoch"})
+                    .seconds;
       tb::nn::save(*fp32, fp32_path);
     }
     fp32->eval();
@@ -265,11 +236,13 @@ static int run(const Options& o) {
       if (method == "lsq") cfg.global.weight.fake_quant = q::FakeQuantKind::LSQ;
       q::prepare_qat(*model, cfg);
       std::printf("%s w%d a8: fine-tuning %d epoch(s)\n", method.c_str(), wbits, o.qat_epochs);
-      double s = train(*model, train_loader, o.qat_epochs, o.qat_lr, o.max_steps,
-                       [&](int64_t step, int64_t total) {
-                         if (step == total / 2) model->apply(q::freeze_bn_stats);
-                         if (step == total * 4 / 5) model->apply(q::disable_observer);
-                       });
+      double s = ex::fit(*model, train_loader,
+                         {.epochs = o.qat_epochs, .lr = o.qat_lr, .max_steps = o.max_steps,
+                          .label = "  epoch", .before_step = [&](int64_t step, int64_t total) {
+                            if (step == total / 2) model->apply(q::freeze_bn_stats);
+                            if (step == total * 4 / 5) model->apply(q::disable_observer);
+                          }})
+                     .seconds;
       model->eval();
       q::convert(*model);
       fs::path path = out / fmt::format("{}_{}_w{}.safetensors", name, method, wbits);

@@ -238,6 +238,32 @@ struct Score {
 // Batches go to the device of the model's first parameter.
 Score evaluate(nn::Module& model, data::DataLoader& loader);
 
+// A plain supervised run, what the examples use for float baselines and fine-tunes: SGD with
+// momentum and weight decay, cross-entropy, a linear warm-up then cosine decay to 0 (or cosine
+// alone), a progress line per epoch. A method that changes the step itself (distillation,
+// autocast, a loss scaler) writes its own loop, as examples/compose_fashion_mnist does.
+//   ex::fit(*net, loader, {.epochs = 3, .lr = 0.05, .label = "baseline"});
+struct FitOptions {
+  int epochs = 1;
+  double lr = 0.05, momentum = 0.9, weight_decay = 5e-4;
+  int64_t warmup_steps = -1; // -1: half an epoch; 0: no warm-up (cosine from lr)
+  int64_t max_steps = 0;     // > 0: at most this many steps per epoch (quick runs, tests)
+  std::string label = "train"; // the progress line's label: "<label> 2/3"
+  // Called before every step with (steps done, total steps): QAT freezes BN statistics and
+  // observers from it.
+  std::function<void(int64_t step, int64_t total)> before_step = {};
+  // Called after every optimizer step with the steps done so far (from 1): AGP prunes there.
+  std::function<void(int64_t steps_done)> after_step = {};
+};
+struct FitResult {
+  int64_t steps = 0;
+  double seconds = 0;
+  Meter last_epoch; // training loss and accuracy of the last epoch
+};
+// Trains `model` (train mode; left in train mode) for o.epochs over `loader` (set_epoch(e) per
+// epoch, so the order depends only on the loader's seed and the epoch).
+FitResult fit(nn::Module& model, data::DataLoader& loader, const FitOptions& o);
+
 // ---------------------------------------------------------------------------------------------
 // Progress
 

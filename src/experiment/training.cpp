@@ -3,6 +3,7 @@
 #include <tb/experiment.h>
 #include <tb/nn_checks.h>
 
+#include <chrono>
 #include <cstdlib>
 
 namespace tb::experiment {
@@ -60,6 +61,49 @@ Score evaluate(nn::Module& model, data::DataLoader& loader) {
   }
   model.train(was_training);
   return {m.loss(), m.accuracy()};
+}
+
+FitResult fit(nn::Module& model, data::DataLoader& loader, const FitOptions& o) {
+  FitResult r;
+  if (o.epochs <= 0) return r;
+  auto start = std::chrono::steady_clock::now();
+  optim::SGD opt(model.parameters(),
+                 {.lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay});
+  int64_t per_epoch = o.max_steps > 0 ? std::min<int64_t>(o.max_steps, loader.size())
+                                      : loader.size();
+  int64_t total = per_epoch * o.epochs;
+  int64_t warmup = o.warmup_steps < 0 ? std::max<int64_t>(1, per_epoch / 2) : o.warmup_steps;
+  std::shared_ptr<optim::LRScheduler> sched;
+  if (warmup > 0 && total > warmup)
+    sched = optim::warmup_cosine(opt, warmup, total);
+  else
+    sched = std::make_shared<optim::CosineAnnealingLR>(opt, std::max<int64_t>(1, total));
+  model.train();
+  for (int epoch = 0; epoch < o.epochs; epoch++) {
+    loader.set_epoch(epoch);
+    Progress progress({.total = per_epoch,
+                       .label = fmt::format("{} {}/{}", o.label, epoch + 1, o.epochs)});
+    Meter meter;
+    int64_t i = 0;
+    for (const auto& b : loader) {
+      if (i == per_epoch) break;
+      if (o.before_step) o.before_step(r.steps, total);
+      Tensor logits = model(b.inputs);
+      Tensor loss = cross_entropy(logits, b.targets);
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      sched->step();
+      meter.add(loss.item() * (double)b.targets.numel(), logits, b.targets);
+      progress.update(++i, meter);
+      r.steps++;
+      if (o.after_step) o.after_step(r.steps);
+    }
+    progress.finish();
+    r.last_epoch = meter;
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
 }
 
 } // namespace tb::experiment
