@@ -4,14 +4,18 @@
 // x [N, C, ...] is seen as [N, C, S] (S = product of the trailing dims, 1 for [N, C]) with element
 // strides (sn, sc, ss); y, dy and dx share x's strides. The op layer passes dense layouts: NCHW
 // contiguous (ss = 1) or channels-last / [N, C] (sc = 1). Per-channel vectors (weight, bias,
-// running and saved statistics) are contiguous [C] of x's dtype; M = N*S values per channel.
+// running and saved statistics, dw, db) are contiguous [C] of x's dtype, or float32 when x is
+// float16/bfloat16 (mixed precision: half activations, float32 parameters and statistics, as
+// PyTorch's CPU batch norm); M = N*S values per channel.
 // Three tables of the same kernels:
 //   BatchNormKernels::ref  — kernels/ref/batchnorm.cpp: plain loops, the specification;
 //   BatchNormKernels::cpu  — kernels/cpu/batchnorm.cpp: OpenMP, vectorised along the contiguous
 //                            dim;
 //   BatchNormKernels::cuda — not written yet: all null (kernels/cuda/stubs.cpp), so the op raises
 //                            tb::Error for CUDA tensors.
-// dtypes: float32, float64 (accumulation in double).
+// dtypes: float32, float64, and float16/bfloat16 activations with float32 vectors (sums in double;
+// the CPU kernel's half path sums each chunk of ~64 rows in float32 first; y and dx rounded once
+// to the half type).
 #pragma once
 
 #include <cstdint>

@@ -8,7 +8,9 @@
 //   ElementwiseKernels::cuda — kernels/cuda/elementwise.cu: one thread per element, on the
 //                              device's stream.
 // Supported dtypes: float32 and float64 for everything; int32/int64 for Add/Sub/Mul/Maximum/
-// Minimum and comparisons; comparisons write bool.
+// Minimum and comparisons; comparisons write bool. ref and cpu also take float16/bfloat16 for
+// everything (each element computed in float32 and rounded once: the values of converting to
+// float32, computing and converting back); cuda does not (the op layer converts for it).
 #pragma once
 
 #include <cstdint>

@@ -4,7 +4,8 @@
 // float32 on the same inputs, gradients through casts to float32 master weights, and GradScaler:
 // its scale trajectory against tools/make_amp_fixtures.py (PyTorch's _amp_update_scale_ rule),
 // skipped steps on injected inf/NaN, PyTorch's misuse errors, checkpoints, static scaling, and the
-// float16 underflow that loss scaling prevents.
+// float16 underflow that loss scaling prevents. The half elementwise kernels and conversions:
+// tests/test_amp_kernels.cpp (same suite); half batch norm: tests/test_batchnorm.cpp.
 #include "gradcheck.h"
 
 #include <tb/amp.h>
@@ -13,6 +14,8 @@
 #include <map>
 #include <set>
 #include <thread>
+
+#include <tb/models.h>
 
 #include "kernels/conv.h"
 #include "kernels/matmul.h"
@@ -174,10 +177,9 @@ TEST_CASE("autocast: output dtypes equal PyTorch 1.13's CPU autocast (bfloat16),
     outs["mean_bf16"] = mean(b);
   }
   // PyTorch's CPU list keeps softmax, log_softmax and sum in the input's dtype; tb follows the
-  // CUDA list for them (float32); batch_norm is on tb's float32 list too (as layer_norm and
-  // group_norm on PyTorch's CUDA list), see docs/mixed_precision.md.
-  const std::set<std::string> cuda_list = {"softmax_bf16", "log_softmax_bf16", "sum_bf16",
-                                           "batch_norm_bf16"};
+  // CUDA list for them (float32), see docs/mixed_precision.md. batch_norm is on no list, as in
+  // PyTorch: bfloat16 in, bfloat16 out (float32 statistics inside).
+  const std::set<std::string> cuda_list = {"softmax_bf16", "log_softmax_bf16", "sum_bf16"};
   for (const auto& [op, y] : outs) {
     INFO(op);
     if (cuda_list.count(op)) {
@@ -253,10 +255,10 @@ TEST_CASE("autocast: a training step of a small CNN in bfloat16 leaves every gra
   CHECK(logits.dtype() == kBFloat16);
   CHECK(loss.dtype() == kFloat32);
   {
-    amp::autocast guard({.dtype = kBFloat16}); // conv in bfloat16, batch_norm back to float32
+    amp::autocast guard({.dtype = kBFloat16}); // conv, batch_norm and relu all in bfloat16
     nn::Module& features = net->get_submodule("features");
     CHECK(features.get_submodule("0")(x).dtype() == kBFloat16);
-    CHECK(features(x).dtype() == kFloat32);
+    CHECK(features(x).dtype() == kBFloat16);
   }
   loss.backward();
   for (auto& [name, p] : net->named_parameters()) {
@@ -441,6 +443,65 @@ TEST_CASE("half conv2d kernels: fast = reference, forward, backward-data and bac
       compare(dwf, dwr, "backward_weights dw");
       compare(dbf, dbr, "backward_weights db");
     }
+}
+
+TEST_CASE("autocast: MobileNetV2's conv -> batch_norm -> relu6 -> conv and residual adds run in "
+          "bfloat16 with no cast between ops; only float32 parameters are cast") {
+  manual_seed(3);
+  auto net = models::create("mobilenet_v2", {.num_classes = 10, .small_input = true,
+                                             .in_channels = 1, .width_mult = 0.25});
+  Tensor x = randn({2, 1, 28, 28});
+  Tensor logits;
+  {
+    amp::autocast guard({.dtype = kBFloat16});
+    logits = (*net)(x);
+  }
+  REQUIRE(logits.dtype() == kBFloat16);
+  // Walk the graph: every "to_dtype" node (a cast) must read a leaf (a float32 parameter, through
+  // its AccumulateGrad node), never an activation; and every op on the way is a bfloat16 one.
+  std::set<Node*> seen;
+  std::vector<std::shared_ptr<Node>> todo{logits.grad_fn()};
+  int64_t leaf_casts = 0, ops = 0;
+  std::vector<std::pair<Node*, Node*>> other_casts; // (cast, the node it reads)
+  std::map<std::string, int64_t> names;
+  while (!todo.empty()) {
+    auto node = todo.back();
+    todo.pop_back();
+    if (!node || !seen.insert(node.get()).second) continue;
+    ops++;
+    names[node->name]++;
+    if (node->name == "to_dtype") {
+      REQUIRE(node->next.size() == 1);
+      Node* from = node->next[0].node.get();
+      if (from && from->name == "AccumulateGrad") leaf_casts++;
+      else other_casts.push_back({node.get(), from});
+    }
+    for (const Edge& e : node->next) todo.push_back(e.node);
+  }
+  int64_t conv_linear_params = 0;
+  for (auto& [name, p] : net->named_parameters())
+    conv_linear_params += p.dim() >= 2 || name == "classifier.1.bias";
+  INFO(ops << " nodes in the graph");
+  CHECK(names["conv2d"] == 52);
+  CHECK(names["batch_norm"] == 52);
+  CHECK(names["relu6"] == 35);
+  CHECK(names["add"] == 11); // the residual adds (at width 0.25 the first block has one too)
+  CHECK(leaf_casts == conv_linear_params); // 52 conv weights, the classifier's weight and bias
+  // The only other casts are adaptive_avg_pool2d's own (its kernel computes half inputs in
+  // float32; the last 1280-channel 2x2 map, small): one into it, one out of it.
+  REQUIRE(other_casts.size() == 2);
+  int64_t around_pool = 0;
+  for (auto [cast, from] : other_casts)
+    for (Node* n : seen)
+      if (n->name == "adaptive_avg_pool2d")
+        around_pool += from == n || (n->next.size() == 1 && n->next[0].node.get() == cast);
+  CHECK(around_pool == 2);
+  sum(logits.to(kFloat32)).backward();
+  for (auto& [name, p] : net->named_parameters()) {
+    INFO(name);
+    REQUIRE(p.grad().defined());
+    CHECK(p.grad().dtype() == kFloat32);
+  }
 }
 
 // ---- GradScaler -------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ struct In {
   bool channels_last = false; // 4-D, NHWC memory order
   double scale = 1.0;
   int64_t hi = 0;             // Index: values in [0, hi)
+  bool float32 = false;       // float32 in every run (mixed precision: a half row's parameters)
 };
 
 In x(Shape s, double scale = 1.0) { return {s, Fill::Normal, true, false, scale}; }
@@ -58,6 +59,9 @@ In index(Shape s, int64_t hi) { return {s, Fill::Index, false, false, 1.0, hi}; 
 In mask(Shape s) { return {s, Fill::Mask, false}; }
 In buffer(Shape s) { return {s, Fill::Positive, false}; } // running statistics: no gradient
 In nan(Shape s) { return {s, Fill::WithNaN, false}; }
+// Mixed-precision parameters of the half rows: float32 whatever the run's dtype.
+In x32(Shape s) { return {s, Fill::Normal, true, false, 1.0, 0, true}; }
+In buffer32(Shape s) { return {s, Fill::Positive, false, false, 1.0, 0, true}; }
 
 using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
 
@@ -97,6 +101,16 @@ Tensor bn_train(const std::vector<Tensor>& v, bool affine) {
   Tensor y = batch_norm(v[0], rm, rv, affine ? v[3] : Tensor(), affine ? v[4] : Tensor(),
                         {.training = true, .momentum = 0.3});
   return cat({flatten(y, 0), rm, rv});
+}
+
+// Half rows: y (half) and the float32 running statistics are separate cases (one dtype a case).
+Tensor bn_train_half_y(const std::vector<Tensor>& v) {
+  return batch_norm(v[0], v[1], v[2], v.size() > 3 ? v[3] : Tensor(),
+                    v.size() > 4 ? v[4] : Tensor(), {.training = true, .momentum = 0.3});
+}
+Tensor bn_train_half_stats(const std::vector<Tensor>& v) {
+  batch_norm(v[0], v[1], v[2], v[3], v[4], {.training = true, .momentum = 0.3});
+  return cat({v[1], v[2]});
 }
 
 // ---- the table ----------------------------------------------------------------------------------
@@ -405,7 +419,7 @@ const std::vector<OpCase>& op_cases() {
        [](auto& v) { return conv2d(v[0], v[1], Tensor(), conv(1, 0)); }, kHalves},
       {"half conv2d dilation 2", {x({2, 6, 12, 12}), x({4, 6, 3, 3}), x({4})},
        [](auto& v) { return conv2d(v[0], v[1], v[2], conv(1, 2, 2)); }, kHalves},
-      {"half conv-bn-relu-pool (batch_norm, relu6, pool in float32 inside)",
+      {"half conv-bn-relu-pool (batch_norm and relu6 in the half dtype, pool in float32 inside)",
        {nhwc({2, 4, 8, 8}), x({6, 4, 3, 3}), pos({6}), x({6})},
        [](auto& v) {
          Tensor rm = zeros({6}, TensorOptions(kFloat32, v[0].device()));
@@ -413,6 +427,57 @@ const std::vector<OpCase>& op_cases() {
          Tensor y = conv2d(v[0], v[1], Tensor(), conv(1, 1));
          y = batch_norm(y, rm, rv, v[2].to(kFloat32), v[3].to(kFloat32), {.training = true});
          return max_pool2d(relu6(y), pool(2, 2));
+       },
+       kHalves},
+      // batch_norm on half activations with float32 weight, bias and running stats (PyTorch's
+      // mixed-precision batch norm, what autocast runs); dw, db come back in float32
+      {"half batch_norm train channels-last", {nhwc({4, 20, 5, 7}), buffer32({20}),
+        buffer32({20}), x32({20}), x32({20})}, bn_train_half_y, kHalves},
+      {"half batch_norm train NCHW", {x({4, 6, 5, 7}), buffer32({6}), buffer32({6}), x32({6}),
+        x32({6})}, bn_train_half_y, kHalves},
+      {"half batch_norm train [N, C] over 256 channels, not affine",
+       {x({16, 300}), buffer32({300}), buffer32({300})}, bn_train_half_y, kHalves},
+      {"half batch_norm running stats (float32) after training",
+       {nhwc({4, 20, 5, 7}), buffer32({20}), buffer32({20}), x32({20}), x32({20})},
+       bn_train_half_stats, kHalves},
+      {"half batch_norm eval channels-last", {nhwc({4, 6, 5, 7}), buffer32({6}), buffer32({6}),
+        x32({6}), x32({6})},
+       [](auto& v) { return batch_norm(v[0], v[1], v[2], v[3], v[4]); }, kHalves},
+      {"half batch_norm batch stats, no running stats", {x({8, 33, 3, 3})},
+       [](auto& v) { return batch_norm(v[0], Tensor(), Tensor(), Tensor(), Tensor()); },
+       kHalves},
+      // elementwise ops on half tensors: the CPU kernels take them as they are (each element in
+      // float32, rounded once)
+      {"half relu6", {{{2, 24, 5, 5}, Fill::Normal, true, true, 4.0}},
+       [](auto& v) { return relu6(v[0]); }, kHalves},
+      {"half relu", {x({3, 1000})}, [](auto& v) { return relu(v[0]); }, kHalves},
+      {"half hardswish", {x({4, 300}, 4.0)}, [](auto& v) { return hardswish(v[0]); }, kHalves},
+      {"half sigmoid, tanh, silu, gelu", {x({5, 77})},
+       [](auto& v) { return cat({sigmoid(v[0]), tanh(v[0]), silu(v[0]), gelu(v[0])}); },
+       kHalves},
+      {"half add, channels-last (residual)", {nhwc({2, 8, 5, 5}), nhwc({2, 8, 5, 5})},
+       [](auto& v) { return add(v[0], v[1]); }, kHalves},
+      {"half mul, per-channel factor", {nhwc({2, 8, 4, 4}), x({1, 8, 1, 1})},
+       [](auto& v) { return mul(v[0], v[1]); }, kHalves},
+      {"half sub alpha, div, scalar", {x({6, 7}), pos({7})},
+       [](auto& v) { return div(sub(mul(v[0], 3.0), v[1], 0.5), v[1]); }, kHalves},
+      {"half maximum with ties", {halves({4, 9}), halves({4, 9})},
+       [](auto& v) { return maximum(v[0], v[1]); }, kHalves},
+      {"half lt", {halves({5, 6}), halves({6})}, [](auto& v) { return lt(v[0], v[1]); }, kHalves},
+      // an inverted residual block as autocast runs it: every activation in the half dtype (the
+      // batch-norm parameters are cast to float32 inside, so their gradients come back in the
+      // half dtype and are compared at its tolerance: upstream convolutions round differently)
+      {"half conv-bn-relu6-conv-bn + residual add",
+       {nhwc({2, 8, 6, 6}), x({16, 8, 1, 1}), x({16}), x({16}), x({8, 16, 1, 1}), x({8}), x({8})},
+       [](auto& v) {
+         TensorOptions o(kFloat32, v[0].device());
+         auto f32 = [](const Tensor& t) { return t.to(kFloat32); };
+         Tensor h = conv2d(v[0], v[1], Tensor(), conv(1, 0));
+         h = relu6(batch_norm(h, zeros({16}, o), ones({16}, o), f32(v[2]), f32(v[3]),
+                              {.training = true}));
+         h = conv2d(h, v[4], Tensor(), conv(1, 0));
+         h = batch_norm(h, zeros({8}, o), ones({8}, o), f32(v[5]), f32(v[6]), {.training = true});
+         return add(v[0], h);
        },
        kHalves},
   };
@@ -447,7 +512,7 @@ std::vector<Tensor> make_inputs(const OpCase& c, DType t, uint64_t seed) {
         break;
     }
     if (in.fill != Fill::Index && in.fill != Fill::Mask)
-      v = is_floating(t) ? v.to(t) : round(mul(v, 20.0)).to(t);
+      v = is_floating(t) ? v.to(in.float32 ? kFloat32 : t) : round(mul(v, 20.0)).to(t);
     if (in.channels_last) v = v.contiguous_channels_last();
     out.push_back(v);
   }

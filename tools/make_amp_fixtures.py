@@ -31,6 +31,16 @@ tests/fixtures/amp_autocast.safetensors — torch.autocast("cpu", dtype=torch.bf
     conv2d(x, w, b, padding=1) under autocast (bfloat16), then sum(y.float() * R).backward():
     `conv.y` (bfloat16) and the float32 gradients `conv.dx`, `conv.dw`, `conv.db`;
   * `linear.*`: x [5, 6], weight [3, 6], bias [3], R [5, 3]; the same for F.linear.
+
+tests/fixtures/amp_batchnorm.safetensors — F.batch_norm under torch.autocast("cpu",
+  dtype=torch.bfloat16) on a bfloat16 input with float32 weight, bias and running stats (autocast
+  lists no batch norm; the CPU kernel takes the mixed dtypes): x bfloat16 [4, 6, 5, 5] (mean 3,
+  std 2 per channel, so the statistics are not trivially centred), `weight`, `bias`,
+  `running_mean`, `running_var` float32 [6] (the values before the step), R float32 [4, 6, 5, 5].
+  `train.*`: y = batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5), then
+  sum(y.float() * R).backward(): `train.y` (bfloat16), `train.running_mean`, `train.running_var`
+  (float32, updated in place), `train.dx` (bfloat16), `train.dw`, `train.db` (float32).
+  `eval.*`: the same with training=False on the updated running stats.
 """
 import os
 import sys
@@ -136,9 +146,33 @@ def make_autocast(t):
         torch.randn(3, generator=g), torch.randn(5, 3, generator=g), F.linear)
 
 
+def make_batchnorm(t):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(4, 6, 5, 5, generator=g) * 2 + 3).to(torch.bfloat16)
+    w = torch.randn(6, generator=g) * 0.5 + 1
+    b = torch.randn(6, generator=g)
+    rm = torch.randn(6, generator=g)
+    rv = torch.rand(6, generator=g) + 0.5
+    r = torch.randn(4, 6, 5, 5, generator=g)
+    t["x"], t["weight"], t["bias"], t["R"] = x, w, b, r
+    t["running_mean"], t["running_var"] = rm.clone(), rv.clone()
+    for mode in ("train", "eval"):
+        xx, ww, bb = (a.clone().requires_grad_(True) for a in (x, w, b))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = F.batch_norm(xx, rm, rv, ww, bb, training=mode == "train", momentum=0.1, eps=1e-5)
+        assert y.dtype == torch.bfloat16 and rm.dtype == torch.float32
+        (y.float() * r).sum().backward()
+        assert xx.grad.dtype == torch.bfloat16 and ww.grad.dtype == torch.float32
+        t[f"{mode}.y"] = y.detach()
+        if mode == "train":
+            t["train.running_mean"], t["train.running_var"] = rm.clone(), rv.clone()
+        t[f"{mode}.dx"], t[f"{mode}.dw"], t[f"{mode}.db"] = xx.grad, ww.grad, bb.grad
+
+
 def main():
     meta = {"generator": "tools/make_amp_fixtures.py", "torch": torch.__version__}
-    for name, fn in (("amp_scaler", make_scaler), ("amp_autocast", make_autocast)):
+    for name, fn in (("amp_scaler", make_scaler), ("amp_autocast", make_autocast),
+                     ("amp_batchnorm", make_batchnorm)):
         t = {}
         fn(t)
         path = os.path.join(ROOT, "tests", "fixtures", f"{name}.safetensors")

@@ -37,12 +37,12 @@ struct AutocastOptions {
 // RAII scope, thread-local (like tb::no_grad). While it lives, on its device:
 //   lower precision (to `dtype`): conv2d, linear, matmul — inputs, weights and bias are cast per
 //     call; float32 master weights stay float32 and receive float32 gradients through the cast;
-//   float32: softmax, log_softmax, sum, batch_norm, nll_loss, cross_entropy, mse_loss, kl_div —
+//   float32: softmax, log_softmax, sum, nll_loss, cross_entropy, mse_loss, kl_div —
 //     half inputs are cast up and the result is float32;
-//   everything else runs in its inputs' dtype (relu, pooling, mean; binary ops promote,
-//     bf16 + f32 -> f32).
+//   everything else runs in its inputs' dtype (batch_norm: half activations with float32
+//     parameters and statistics; relu, pooling, mean; binary ops promote, bf16 + f32 -> f32).
 // Compared with PyTorch 1.13: softmax, log_softmax and sum follow its CUDA list (its CPU list keeps
-// them in bfloat16), batch_norm is tb's choice (docs/mixed_precision.md explains both).
+// them in bfloat16; docs/mixed_precision.md explains why); the rest is its CPU list.
 // float64 tensors are never cast. The previous state comes back when the scope ends, also by an
 // exception. tb::Error for a dtype the device cannot compute: anything but bfloat16/float16, and
 // any CUDA autocast (tb has no half-precision CUDA kernels yet).

@@ -128,7 +128,9 @@ struct BatchNormOptions {
 };
 // x [N, C, ...]. training: normalise with batch statistics and update running_mean/var in place
 // (with the unbiased batch variance). eval: use the running statistics (the batch's when they are
-// undefined). weight/bias [C] may be undefined (affine = false).
+// undefined). weight/bias [C] may be undefined (affine = false). Dtypes: float32/float64 all
+// alike, or a bfloat16/float16 x (mixed precision) with float32 weight, bias and running stats:
+// y and dx in x's dtype, statistics in float32, weight/bias gradients float32 (PyTorch's CPU rule).
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, const BatchNormOptions& o = {});
 

@@ -1,7 +1,10 @@
 // kernels/ref/elementwise.cpp — the specification of the flat elementwise kernels: one plain loop,
 // one switch per element. kernels/cpu/elementwise.cpp must match these (tests compare them).
 //
-// Arithmetic happens in the storage type T (float32 stays float32), as PyTorch does on the CPU.
+// Arithmetic happens in the storage type T (float32 stays float32), as PyTorch does on the CPU;
+// float16/bfloat16 values are read exactly as float32, computed in float32 and rounded once to
+// the half type (ref_half::H), as PyTorch's CPU kernels compute half tensors (and as converting
+// the tensor to float32, computing and converting back does).
 // Integer Add/Sub/Mul wrap around (computed in the unsigned twin: signed overflow is UB in C++).
 // NaN propagates through maximum/minimum/relu/clamp, as in PyTorch.
 #include "kernels/elementwise.h"
@@ -9,6 +12,8 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+
+#include "kernels/ref/half.h"
 
 namespace tb::kernels {
 namespace {
@@ -104,6 +109,25 @@ static void binary_typed(BinaryOp op, const void* a, int64_t as, const void* b, 
     binary_arith<T>(op, (const T*)a, as, (const T*)b, bs, (T*)out, n, alpha);
 }
 
+// float16/bfloat16 (H = ref_half::BF16 or F16): each operand widened to float32, the float32
+// kernel above on one element at a time, the result rounded once.
+template <typename H>
+static void binary_half(BinaryOp op, const void* a, int64_t as, const void* b, int64_t bs,
+                        void* out, int64_t n, double alpha) {
+  const H* ah = (const H*)a;
+  const H* bh = (const H*)b;
+  for (int64_t i = 0; i < n; i++) {
+    float x = (float)ref_half::load(ah[i * as]), y = (float)ref_half::load(bh[i * bs]);
+    if (is_comparison(op)) {
+      binary_compare<float>(op, &x, 0, &y, 0, (bool*)out + i, 1);
+    } else {
+      float r;
+      binary_arith<float>(op, &x, 0, &y, 0, &r, 1, alpha);
+      ref_half::store(((H*)out)[i], r);
+    }
+  }
+}
+
 void ref_binary(BinaryOp op, DType dtype, const void* a, int64_t a_step, const void* b,
                 int64_t b_step, void* out, int64_t n, double alpha) {
   bool int_ok = op != BinaryOp::Div && op != BinaryOp::Pow;
@@ -116,6 +140,10 @@ void ref_binary(BinaryOp op, DType dtype, const void* a, int64_t a_step, const v
     case DType::Int64:
       if (int_ok) return binary_typed<int64_t>(op, a, a_step, b, b_step, out, n, alpha);
       break;
+    case DType::BFloat16:
+      return binary_half<ref_half::BF16>(op, a, a_step, b, b_step, out, n, alpha);
+    case DType::Float16:
+      return binary_half<ref_half::F16>(op, a, a_step, b, b_step, out, n, alpha);
     default: break;
   }
   throw Error(fmt::format("{}: no reference cpu kernel for dtype {}", binary_name(op), dtype));
@@ -249,6 +277,22 @@ template <typename T> static T unary_grad_scalar(UnaryOp op, T x, T dy, T p0, T 
   return T(0);
 }
 
+// float16/bfloat16: x (and dy) widened to float32, the float32 formula, the result rounded once.
+template <typename H>
+static void unary_half(UnaryOp op, const void* x, const void* dy, void* out, int64_t n, double p0,
+                       double p1) {
+  const H* xh = (const H*)x;
+  const H* gh = (const H*)dy;
+  H* o = (H*)out;
+  for (int64_t i = 0; i < n; i++) {
+    float v = (float)ref_half::load(xh[i]);
+    float r = gh ? unary_grad_scalar<float>(op, v, (float)ref_half::load(gh[i]), (float)p0,
+                                            (float)p1)
+                 : unary_scalar<float>(op, v, (float)p0, (float)p1);
+    ref_half::store(o[i], r);
+  }
+}
+
 void ref_unary(UnaryOp op, DType dtype, const void* x, void* out, int64_t n, double p0, double p1) {
   switch (dtype) {
     case DType::Float32: {
@@ -263,6 +307,8 @@ void ref_unary(UnaryOp op, DType dtype, const void* x, void* out, int64_t n, dou
       for (int64_t i = 0; i < n; i++) o[i] = unary_scalar<double>(op, xp[i], p0, p1);
       return;
     }
+    case DType::BFloat16: return unary_half<ref_half::BF16>(op, x, nullptr, out, n, p0, p1);
+    case DType::Float16: return unary_half<ref_half::F16>(op, x, nullptr, out, n, p0, p1);
     default: break;
   }
   throw Error(fmt::format("{}: no reference cpu kernel for dtype {}", unary_name(op), dtype));
@@ -284,6 +330,8 @@ void ref_unary_backward(UnaryOp op, DType dtype, const void* x, const void* dy, 
       for (int64_t i = 0; i < n; i++) o[i] = unary_grad_scalar<double>(op, xp[i], g[i], p0, p1);
       return;
     }
+    case DType::BFloat16: return unary_half<ref_half::BF16>(op, x, dy, dx, n, p0, p1);
+    case DType::Float16: return unary_half<ref_half::F16>(op, x, dy, dx, n, p0, p1);
     default: break;
   }
   throw Error(

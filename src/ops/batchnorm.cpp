@@ -12,9 +12,13 @@
 //   eval:        dx = w inv_std dy
 // Layout: y and dx take x's layout; 4-D inputs stay channels-last (what conv produces) or NCHW,
 // anything else is copied to a dense layout first.
+// Dtypes: float32 or float64 throughout; or float16/bfloat16 x (mixed precision) with float32
+// weight, bias and running stats: y and dx in x's dtype, the statistics computed and saved in
+// float32 (double inside the kernels), dw and db in float32, as PyTorch's CPU batch_norm. Autocast
+// leaves batch_norm alone (PyTorch lists it nowhere): a bfloat16 conv output is normalised as it
+// is, so conv -> batch_norm -> relu6 -> conv runs in bfloat16 without casts.
 #include <tb/ops.h>
 
-#include "autocast.h"
 #include "dispatch.h"
 #include "qactivation.h"
 #include "kernels/batchnorm.h"
@@ -49,10 +53,20 @@ kernels::BatchNormLayout layout_of(const Tensor& x, bool channels_last) {
   return {N, C, S, C * S, S, 1};
 }
 
+bool is_half(DType t) { return t == kBFloat16 || t == kFloat16; }
+
+// The dtype of the per-channel vectors for input dtype t: float32 for half inputs, else t.
+DType param_dtype(DType t) { return is_half(t) ? kFloat32 : t; }
+
 void check_channel_vector(const Tensor& x, const Tensor& t, const char* name) {
   if (!t.defined()) return;
   check_same_device("batch_norm", x, t);
-  check_same_dtype("batch_norm", x, t);
+  TB_CHECK(t.dtype() == param_dtype(x.dtype()),
+           "batch_norm: expected {} of dtype {} for input of dtype {}{}, got {}", name,
+           param_dtype(x.dtype()), x.dtype(),
+           is_half(x.dtype()) ? " (half-precision inputs take float32 parameters and statistics)"
+                              : "",
+           t.dtype());
   TB_CHECK(t.dim() == 1 && t.size(0) == x.size(1),
            "batch_norm: expected {} of shape [{}] (the channels of input {}), got {}", name,
            x.size(1), shape_str(x.shape()), shape_str(t.shape()));
@@ -63,23 +77,17 @@ void* mut_data_or_null(const Tensor& t) { return t.defined() ? t.raw_data() : nu
 
 } // namespace
 
-Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& running_var,
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, const BatchNormOptions& o) {
   const char* op = "batch_norm";
-  // Under autocast batch_norm is on tb's float32 list (docs/mixed_precision.md): a half input is
-  // cast up and the output stays float32, so the activations after it need no casts.
-  const Tensor x = autocast_fp32(x_in);
-  // float16/bfloat16 input (mixed precision, float32 parameters and statistics): normalised in
-  // float32, the result rounded back to the input's dtype, as PyTorch's CPU batch_norm.
-  if (x.defined() && (x.dtype() == kBFloat16 || x.dtype() == kFloat16))
-    return batch_norm(x.to(kFloat32), running_mean, running_var, weight, bias, o).to(x.dtype());
   const bool training = o.training;
   const double momentum = o.momentum, eps = o.eps;
   check_defined(op, x, "input");
   check_not_quantized(op, x);
   TB_CHECK(x.dim() >= 2, "batch_norm: expected input [N, C, ...], got {}", shape_str(x.shape()));
-  TB_CHECK(x.dtype() == kFloat32 || x.dtype() == kFloat64,
-           "batch_norm: expected a float32 or float64 input, got {}", x.dtype());
+  TB_CHECK(x.dtype() == kFloat32 || x.dtype() == kFloat64 || is_half(x.dtype()),
+           "batch_norm: expected a float32, float64, bfloat16 or float16 input, got {}",
+           x.dtype());
   check_channel_vector(x, running_mean, "running_mean");
   check_channel_vector(x, running_var, "running_var");
   check_channel_vector(x, weight, "weight");
@@ -103,9 +111,9 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& 
   bool cl = choose_channels_last(x);
   Tensor xd = in_layout(x, cl);
   kernels::BatchNormLayout l = layout_of(x, cl);
-  TensorOptions opts(x.dtype(), x.device());
+  TensorOptions opts(x.dtype(), x.device()), popts(param_dtype(x.dtype()), x.device());
   Tensor y = empty_in(cl, x.shape(), opts);
-  Tensor save_mean = empty({C}, opts), save_invstd = empty({C}, opts);
+  Tensor save_mean = empty({C}, popts), save_invstd = empty({C}, popts);
   Tensor wd = weight.defined() ? weight.detach().contiguous() : Tensor();
   Tensor bd = bias.defined() ? bias.detach().contiguous() : Tensor();
   // The running stats are buffers, written in place outside autograd (bumping their versions).
@@ -132,13 +140,13 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& running_mean, const Tensor& 
       Tensor xs = sx.unpack("batch_norm");
       Tensor ws = has_w ? sw.unpack("batch_norm") : Tensor();
       Tensor dx = need_dx ? empty_in(cl, xs.shape(), opts) : Tensor();
-      Tensor dw = need_dw ? empty({C}, opts) : Tensor();
-      Tensor db = need_db ? empty({C}, opts) : Tensor();
+      Tensor dw = need_dw ? empty({C}, popts) : Tensor();
+      Tensor db = need_db ? empty({C}, popts) : Tensor();
       if (!grads[0].defined() || M == 0) {
         for (Tensor* t : {&dx, &dw, &db})
           if (t->defined()) t->zero_();
       } else {
-        Tensor dy = in_layout(grads[0], cl);
+        Tensor dy = in_layout(grads[0].to(opts.dtype), cl);
         kernel(&BatchNormKernels::backward, "batch_norm", opts.device, opts.dtype)(
             opts.dtype, l, xs.raw_data(), dy.raw_data(), data_or_null(ws), save_mean.raw_data(),
             save_invstd.raw_data(), use_batch_stats, mut_data_or_null(dx), mut_data_or_null(dw),

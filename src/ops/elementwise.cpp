@@ -9,8 +9,11 @@
 //     dense full-shape input (contiguous when there is none), which the output gets too; so a
 //     per-channel factor [1, C, 1, 1] times a channels-last activation stays channels-last.
 // Dtypes: the result dtype is promote_types(a, b) (div: float32 for integer inputs, true division).
-// Kernels compute in float32/float64/int32/int64; float16/bfloat16 compute in float32 and int8/
-// uint8/bool in int32, and the result is converted back.
+// Kernels compute in float32/float64/int32/int64; int8/uint8/bool compute in int32 and the result
+// is converted back. float16/bfloat16 go to the CPU kernels as they are (each element computed in
+// float32 and rounded once inside the kernel: half the memory traffic of a float32 tensor, no
+// conversion passes); on CUDA, whose kernels take no half dtypes yet, they are converted to
+// float32 and back. The values are the same either way.
 // Backward of a broadcasting op sums the gradient over the broadcast dims (sum_to_shape).
 #include <cmath>
 #include <limits>
@@ -29,11 +32,11 @@ using kernels::UnaryOp;
 
 // ---- layout and dtype helpers ------------------------------------------------------------------
 
-// The dtype a kernel computes in for a given tensor dtype.
-static DType kernel_dtype(DType t) {
+// The dtype a kernel computes in for a given tensor dtype and device.
+static DType kernel_dtype(DType t, Device d) {
   switch (t) {
     case DType::Float16:
-    case DType::BFloat16: return kFloat32;
+    case DType::BFloat16: return d.type == DeviceType::CPU ? t : kFloat32;
     case DType::Int8:
     case DType::UInt8:
     case DType::Bool: return kInt32;
@@ -83,7 +86,7 @@ static bool is_comparison(BinaryOp op) {
 // returned in rdt (comparisons: bool).
 static Tensor binary_compute(const char* name, BinaryOp op, const Tensor& a, const Tensor& b,
                              double alpha, const Shape& shape, DType rdt) {
-  DType kdt = kernel_dtype(rdt);
+  DType kdt = kernel_dtype(rdt, a.device());
   auto f = flat_operands(shape, {as_dtype(a, kdt), as_dtype(b, kdt)});
   bool cmp = is_comparison(op);
   Tensor out = empty_strided(shape, f.out_strides, TensorOptions(cmp ? kBool : kdt, a.device()));
@@ -254,7 +257,7 @@ Tensor rsub(const Tensor& a, double b) { return sub(scalar_like("rsub", a, b, a.
 
 // f(x) on a tensor without history; the output keeps x's layout when x is dense.
 static Tensor unary_compute(const char* name, UnaryOp op, const Tensor& x, double p0, double p1) {
-  DType kdt = kernel_dtype(x.dtype());
+  DType kdt = kernel_dtype(x.dtype(), x.device());
   Tensor xc = as_dtype(x, kdt);
   if (!is_dense(xc)) xc = xc.contiguous();
   Tensor out = empty_strided(xc.shape(), xc.strides(), TensorOptions(kdt, xc.device()));
@@ -267,7 +270,7 @@ static Tensor unary_compute(const char* name, UnaryOp op, const Tensor& x, doubl
 // activation is usually the bigger, channels-last one; copying the gradient is cheaper).
 static Tensor unary_backward_compute(const char* name, UnaryOp op, const Tensor& x,
                                      const Tensor& dy, double p0, double p1) {
-  DType kdt = kernel_dtype(x.dtype());
+  DType kdt = kernel_dtype(x.dtype(), x.device());
   Tensor xc = as_dtype(x, kdt), gc = as_dtype(dy, kdt);
   if (!is_dense(xc)) xc = xc.contiguous();
   TensorOptions opts(kdt, x.device());
@@ -445,7 +448,7 @@ static void inplace_binary(const char* name, BinaryOp op, Tensor& self, const Te
            self.dtype());
   Tensor s = self.detach(), o = other.detach();
   DType dt = self.dtype();
-  if (kernel_dtype(dt) == dt && is_dense(s)) {
+  if (kernel_dtype(dt, s.device()) == dt && is_dense(s)) {
     // Walk self's memory flat: other must be a 1-element operand or laid out exactly like self
     // (and, if it shares self's storage, be the very same elements); otherwise stage a copy.
     bool aliased = o.storage() == s.storage();
@@ -491,7 +494,7 @@ Tensor& Tensor::clamp_(double lo, double hi) {
   check_inplace("clamp_", *this);
   check_floating("clamp_", *this);
   Tensor s = detach();
-  if (kernel_dtype(dtype()) == dtype() && is_dense(s)) {
+  if (kernel_dtype(dtype(), device()) == dtype() && is_dense(s)) {
     kernel(&ElementwiseKernels::unary, "clamp_", s.device(), dtype())(
         UnaryOp::Clamp, dtype(), s.raw_data(), s.raw_data(), s.numel(), lo, hi);
   } else {
