@@ -111,6 +111,38 @@ inline std::string fixture(const std::string& name) {
 }
 
 // A small CNN for module tests: "features" = (Conv2d 2->4 3x3 padding 1, BatchNorm2d, ReLU),
+// Non-trivial BN statistics and affine parameters (a trained model's look), so that activations
+// spread over many quantization steps instead of collapsing after a few random layers.
+inline void randomise_bn(tb::nn::Module& m, uint64_t seed) {
+  using namespace tb;
+  Generator g(seed);
+  no_grad ng;
+  for (auto* mod : m.modules())
+    if (auto* bn = dynamic_cast<nn::BatchNormBase*>(mod)) {
+      int64_t c = bn->num_features();
+      bn->running_mean().copy_(mul(randn({c}, {}, &g), 0.2));
+      bn->running_var().copy_(add(rand({c}, {}, &g), 0.5));
+      if (bn->affine()) {
+        bn->weight().copy_(add(rand({c}, {}, &g), 0.5));
+        bn->bias().copy_(mul(randn({c}, {}, &g), 0.1));
+      }
+    }
+}
+
+// Half bits (bfloat16 or float16, as `t` says) of float32 values, and back.
+inline std::vector<uint16_t> to_half_bits(const std::vector<float>& v, tb::DType t) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); i++)
+    out[i] = t == tb::kBFloat16 ? tb::float_to_bfloat16(v[i]) : tb::float_to_half(v[i]);
+  return out;
+}
+inline std::vector<float> from_half_bits(const std::vector<uint16_t>& v, tb::DType t) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); i++)
+    out[i] = t == tb::kBFloat16 ? tb::bfloat16_to_float(v[i]) : tb::half_to_float(v[i]);
+  return out;
+}
+
 // "flatten", "classifier" = Linear(4*3*3 -> 5); takes [N, 2, 3, 3].
 inline std::shared_ptr<tb::nn::Sequential> small_net() {
   using namespace tb::nn;

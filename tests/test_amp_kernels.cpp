@@ -11,22 +11,11 @@
 #include "kernels/elementwise.h"
 
 using namespace tb;
+using tbtest::from_half_bits;
+using tbtest::to_half_bits;
 
 namespace {
 
-// Half bits of v (float32 values) in dtype t, and back.
-std::vector<uint16_t> to_half_bits(const std::vector<float>& v, DType t) {
-  std::vector<uint16_t> out(v.size());
-  for (size_t i = 0; i < v.size(); i++)
-    out[i] = t == kBFloat16 ? float_to_bfloat16(v[i]) : float_to_half(v[i]);
-  return out;
-}
-std::vector<float> from_half_bits(const std::vector<uint16_t>& v, DType t) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); i++)
-    out[i] = t == kBFloat16 ? bfloat16_to_float(v[i]) : half_to_float(v[i]);
-  return out;
-}
 
 } // namespace
 

@@ -30,6 +30,7 @@
 #include <set>
 
 using namespace tb;
+using tbtest::randomise_bn;
 using tbtest::check_error;
 namespace q = tb::quant;
 namespace k = tb::kernels;
@@ -103,22 +104,6 @@ std::pair<int64_t, int> compare_conv(const QConvCase& c, uint64_t seed) {
   return {bad, worst};
 }
 
-// Non-trivial BN statistics and affine parameters (a trained model's look), so that activations
-// spread over many quantization steps instead of collapsing after a few random layers.
-void randomise_bn(nn::Module& m, uint64_t seed) {
-  Generator g(seed);
-  no_grad ng;
-  for (auto* mod : m.modules())
-    if (auto* bn = dynamic_cast<nn::BatchNormBase*>(mod)) {
-      int64_t c = bn->num_features();
-      bn->running_mean().copy_(mul(randn({c}, {}, &g), 0.2));
-      bn->running_var().copy_(add(rand({c}, {}, &g), 0.5));
-      if (bn->affine()) {
-        bn->weight().copy_(add(rand({c}, {}, &g), 0.5));
-        bn->bias().copy_(mul(randn({c}, {}, &g), 0.1));
-      }
-    }
-}
 
 // The quantized model and its fake-quant twin: two converts of the same calibrated model, the
 // twin's layers forced onto the dequantized-weight path (= the fake-quant model in eval). With

@@ -22,6 +22,7 @@
 #include <set>
 
 using namespace tb;
+using tbtest::randomise_bn;
 using tbtest::check_error;
 using tbtest::max_abs_diff;
 namespace q = tb::quant;
@@ -124,21 +125,6 @@ std::shared_ptr<nn::Sequential> small_cnn() {
   return net;
 }
 
-// Gives every BN non-trivial running statistics and affine parameters (a trained model's look).
-void randomise_bn(nn::Module& m, uint64_t seed) {
-  Generator g(seed);
-  no_grad ng;
-  for (auto* mod : m.modules())
-    if (auto* bn = dynamic_cast<nn::BatchNormBase*>(mod)) {
-      int64_t c = bn->num_features();
-      bn->running_mean().copy_(mul(randn({c}, {}, &g), 0.2));
-      bn->running_var().copy_(add(rand({c}, {}, &g), 0.5));
-      if (bn->affine()) {
-        bn->weight().copy_(add(rand({c}, {}, &g), 0.5));
-        bn->bias().copy_(mul(randn({c}, {}, &g), 0.1));
-      }
-    }
-}
 
 } // namespace
 
