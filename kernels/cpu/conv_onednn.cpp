@@ -29,6 +29,7 @@
 
 #include "kernels/conv.h"
 #include "kernels/matmul.h"
+#include "kernels/cpu/half.h"
 #include "kernels/cpu/onednn_common.h"
 #include "kernels/reduce.h"
 
@@ -98,19 +99,8 @@ int64_t span4(int64_t N, int64_t C, int64_t H, int64_t W, Strides4 s) {
   if (N * C * H * W == 0) return 0;
   return 1 + (N - 1) * s.n + (C - 1) * s.c + (H - 1) * s.h + (W - 1) * s.w;
 }
-// float16 <-> float32 through the compiler's _Float16 (F16C / AVX512-FP16 instructions with
-// -march=native, so the loops vectorise; round to nearest even, as tb's float16 conversion).
-inline float h2f(uint16_t h) {
-  _Float16 v;
-  std::memcpy(&v, &h, 2);
-  return (float)v;
-}
-inline uint16_t f2h(float f) {
-  _Float16 v = (_Float16)f;
-  uint16_t h;
-  std::memcpy(&h, &v, 2);
-  return h;
-}
+// float16 <-> float32 per element: cpu_half::f16_to_f32 / f32_to_f16 (kernels/cpu/half.h: the
+// compiler's _Float16, vectorised F16C / AVX512-FP16 conversions, round to nearest even).
 
 // A float32 copy of n float16 values (same element offsets, so the same strides address it),
 // in `buf` (n floats).
@@ -118,7 +108,7 @@ void* f16_to_f32(const void* src, on::Buffer& buf, int64_t n) {
   const uint16_t* h = (const uint16_t*)src;
   float* f = (float*)buf.data();
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) f[i] = h2f(h[i]);
+  for (int64_t i = 0; i < n; i++) f[i] = cpu_half::f16_to_f32(h[i]);
   return f;
 }
 void* bf16_to_f32(const void* src, on::Buffer& buf, int64_t n) {
@@ -132,7 +122,7 @@ void f32_to_f16(const void* src, void* dst, int64_t n) {
   const float* f = (const float*)src;
   uint16_t* h = (uint16_t*)dst;
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) h[i] = f2h(f[i]);
+  for (int64_t i = 0; i < n; i++) h[i] = cpu_half::f32_to_f16(f[i]);
 }
 // Writes the elements of an N×C×H×W float32 tensor (strides s) to a float16 one (same strides).
 void f32_to_f16_4d(const float* f, uint16_t* h, int64_t N, int64_t C, int64_t H, int64_t W,
@@ -143,7 +133,7 @@ void f32_to_f16_4d(const float* f, uint16_t* h, int64_t N, int64_t C, int64_t H,
       for (int64_t y = 0; y < H; y++)
         for (int64_t x = 0; x < W; x++) {
           int64_t i = n * s.n + c * s.c + y * s.h + x * s.w;
-          h[i] = f2h(f[i]);
+          h[i] = cpu_half::f32_to_f16(f[i]);
         }
 }
 

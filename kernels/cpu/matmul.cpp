@@ -16,6 +16,7 @@
 #include <cstring>
 #include <optional>
 
+#include "kernels/cpu/half.h"
 #include "kernels/cpu/onednn_common.h"
 
 namespace tb::kernels {
@@ -127,19 +128,8 @@ void bf16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, doub
 
 // ---- float16 as float32 ------------------------------------------------------------------------
 
-// float16 <-> float32 through the compiler's _Float16 (vectorised F16C / AVX512-FP16 conversions
-// with -march=native; round to nearest even, as tb's float16 conversion).
-inline float h2f(uint16_t h) {
-  _Float16 v;
-  std::memcpy(&v, &h, 2);
-  return (float)v;
-}
-inline uint16_t f2h(float f) {
-  _Float16 v = (_Float16)f;
-  uint16_t h;
-  std::memcpy(&h, &v, 2);
-  return h;
-}
+// float16 <-> float32 per element: cpu_half::f16_to_f32 / f32_to_f16 (kernels/cpu/half.h: the
+// compiler's _Float16, vectorised F16C / AVX512-FP16 conversions, round to nearest even).
 
 // Elements spanned by a [batch, rows, cols] operand (see operand_md).
 int64_t operand_span(int64_t batch, int64_t stride, int64_t rows, int64_t cols, bool trans,
@@ -158,7 +148,7 @@ void f16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, doubl
     const uint16_t* h = (const uint16_t*)src;
     float* f = (float*)buf.data();
 #pragma omp parallel for schedule(static) if (count > 32768)
-    for (int64_t i = 0; i < count; i++) f[i] = h2f(h[i]);
+    for (int64_t i = 0; i < count; i++) f[i] = cpu_half::f16_to_f32(h[i]);
     return f;
   };
   int64_t na = operand_span(batch, stride_a, m, k, trans_a, lda);
@@ -176,7 +166,7 @@ void f16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, doubl
     for (int64_t i = 0; i < m; i++)
       for (int64_t j = 0; j < n; j++) {
         int64_t idx = p * stride_c + i * ldc + j;
-        h[idx] = f2h(C[idx]);
+        h[idx] = cpu_half::f32_to_f16(C[idx]);
       }
 }
 
