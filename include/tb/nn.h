@@ -618,5 +618,10 @@ class LSTM : public Module {
 bool check_lstm_input(const char* who, const Tensor& x, const Tensor& h0, const Tensor& c0,
                       int64_t input_size, int64_t hidden_size, int64_t num_layers,
                       bool batch_first);
+// The result from the last layer's output sequence x [T, N, H] and every layer's final h and c
+// ([N, H] each), in the input's form: unbatched drops N, batch_first gives [N, T, H]. For LSTM
+// and its quantized twin.
+LSTMResult lstm_result(const Tensor& x, const std::vector<Tensor>& h_last,
+                       const std::vector<Tensor>& c_last, bool batched, bool batch_first);
 
 } // namespace tb::nn

@@ -138,13 +138,18 @@ LSTMResult LSTM::forward_with_state(const Tensor& x_in, const Tensor& h0, const 
     h_last.push_back(h);
     c_last.push_back(c);
   }
+  return lstm_result(x, h_last, c_last, batched, batch_first_);
+}
+
+LSTMResult lstm_result(const Tensor& x, const std::vector<Tensor>& h_last,
+                       const std::vector<Tensor>& c_last, bool batched, bool batch_first) {
   LSTMResult r;
   r.h_n = stack(h_last, 0), r.c_n = stack(c_last, 0);
   if (!batched) {
     r.output = x.squeeze(1);
     r.h_n = r.h_n.squeeze(1), r.c_n = r.c_n.squeeze(1);
   } else {
-    r.output = batch_first_ ? x.transpose(0, 1) : x;
+    r.output = batch_first ? x.transpose(0, 1) : x;
   }
   return r;
 }

@@ -270,15 +270,7 @@ nn::LSTMResult DynamicQuantizedLSTM::forward_with_state(const Tensor& x_in, cons
     h_last.push_back(h);
     c_last.push_back(c);
   }
-  nn::LSTMResult r;
-  r.h_n = stack(h_last, 0), r.c_n = stack(c_last, 0);
-  if (!batched) {
-    r.output = x.squeeze(1);
-    r.h_n = r.h_n.squeeze(1), r.c_n = r.c_n.squeeze(1);
-  } else {
-    r.output = batch_first ? x.transpose(0, 1) : x;
-  }
-  return r;
+  return nn::lstm_result(x, h_last, c_last, batched, batch_first);
 }
 
 std::string DynamicQuantizedLSTM::extra_repr() const {
