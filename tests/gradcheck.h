@@ -7,10 +7,12 @@
 #pragma once
 
 #include <doctest/doctest.h>
+#include <tb/io.h>
 #include <tb/tb.h>
 
 #include <cmath>
 #include <functional>
+#include <map>
 #include <vector>
 
 namespace tbtest {
@@ -108,6 +110,13 @@ template <typename F> auto with_kernels(tb::CpuKernels k, F f) {
 // Path to a committed fixture under tests/fixtures.
 inline std::string fixture(const std::string& name) {
   return std::string(TB_SOURCE_DIR) + "/tests/fixtures/" + name;
+}
+// The tensors of fixture file `name`, read once per test run.
+inline const tb::TensorDict& fixture_file(const std::string& name) {
+  static std::map<std::string, tb::TensorDict> cache;
+  auto it = cache.find(name);
+  if (it == cache.end()) it = cache.emplace(name, tb::load_safetensors(fixture(name)).tensors).first;
+  return it->second;
 }
 
 // A small CNN for module tests: "features" = (Conv2d 2->4 3x3 padding 1, BatchNorm2d, ReLU),

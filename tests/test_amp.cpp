@@ -22,18 +22,11 @@
 
 using namespace tb;
 using tbtest::check_error;
+using tbtest::fixture_file;
 using tbtest::from_half_bits;
 using tbtest::to_half_bits;
 
 namespace {
-
-const TensorDict& fixture_file(const std::string& name) {
-  static std::map<std::string, TensorDict> cache;
-  auto it = cache.find(name);
-  if (it == cache.end())
-    it = cache.emplace(name, load_safetensors(tbtest::fixture(name)).tensors).first;
-  return it->second;
-}
 
 std::vector<float> normal_floats(size_t n, uint64_t seed) {
   Generator g(seed);

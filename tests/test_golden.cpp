@@ -29,14 +29,7 @@ namespace {
 using tb::Tensor;
 using Leaves = std::map<std::string, Tensor>;
 
-// Fixture files are loaded once per process.
-const tb::TensorDict& fixture_file(const std::string& name) {
-  static std::map<std::string, tb::TensorDict> cache;
-  auto it = cache.find(name);
-  if (it == cache.end())
-    it = cache.emplace(name, tb::load_safetensors(tbtest::fixture(name)).tensors).first;
-  return it->second;
-}
+using tbtest::fixture_file; // fixture files are loaded once per process
 
 struct Case {
   const tb::TensorDict& fx;

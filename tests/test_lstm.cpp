@@ -24,14 +24,6 @@ using tbtest::max_abs_diff;
 
 namespace {
 
-const TensorDict& lstm_fixture(const std::string& name) {
-  static std::map<std::string, TensorDict> cache;
-  auto it = cache.find(name);
-  if (it == cache.end())
-    it = cache.emplace(name, load_safetensors(tbtest::fixture(name)).tensors).first;
-  return it->second;
-}
-
 // An LSTM built from a fixture case's config with the case's parameters loaded.
 std::shared_ptr<nn::LSTM> lstm_from(const TensorDict& fx, const std::string& c) {
   auto cfg = fx.at(c + ".config").to_int_vector();
@@ -75,7 +67,7 @@ TEST_CASE("state_dict keys, shapes and init follow PyTorch") {
 }
 
 TEST_CASE("forward and gradients equal PyTorch's") {
-  const TensorDict& fx = lstm_fixture("lstm_reference.safetensors");
+  const TensorDict& fx = tbtest::fixture_file("lstm_reference.safetensors");
   for (std::string c : {"l1", "l2", "bf", "init", "init_bf", "unbatched", "f32"}) {
     CAPTURE(c);
     auto m = lstm_from(fx, c);
@@ -216,7 +208,7 @@ TEST_CASE("activation qparams follow ChooseQuantizationParams") {
 }
 
 TEST_CASE("dynamic Linear equals PyTorch's quantize_dynamic") {
-  const TensorDict& fx = lstm_fixture("dynamic_quant.safetensors");
+  const TensorDict& fx = tbtest::fixture_file("dynamic_quant.safetensors");
   for (std::string c : {"lin_pc", "lin_pt"}) {
     CAPTURE(c);
     bool per_channel = c == "lin_pc";
@@ -245,7 +237,7 @@ TEST_CASE("dynamic Linear equals PyTorch's quantize_dynamic") {
 }
 
 TEST_CASE("dynamic LSTM equals PyTorch's quantize_dynamic") {
-  const TensorDict& fx = lstm_fixture("dynamic_quant.safetensors");
+  const TensorDict& fx = tbtest::fixture_file("dynamic_quant.safetensors");
   for (std::string c : {"lstm_pc", "lstm_pt"}) {
     CAPTURE(c);
     auto net = fixture_lstm(fx, c);

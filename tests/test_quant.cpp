@@ -24,18 +24,11 @@
 using namespace tb;
 using tbtest::randomise_bn;
 using tbtest::check_error;
+using tbtest::fixture_file;
 using tbtest::max_abs_diff;
 namespace q = tb::quant;
 
 namespace {
-
-const TensorDict& fixture_file(const std::string& name) {
-  static std::map<std::string, TensorDict> cache;
-  auto it = cache.find(name);
-  if (it == cache.end())
-    it = cache.emplace(name, load_safetensors(tbtest::fixture(name)).tensors).first;
-  return it->second;
-}
 
 // Case names of a fixture file: the prefixes of keys ending in `.<marker>`.
 std::vector<std::string> cases_with(const TensorDict& fx, const std::string& marker) {
