@@ -16,6 +16,8 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "kernels/conv.h"
 
@@ -49,5 +51,13 @@ struct ConvInferKernels {
 
   static const ConvInferKernels ref, cpu, cuda;
 };
+
+// The cpu table's prepare() times the implementations oneDNN offers for the geometry and keeps
+// the fastest (kernels/cpu/onednn_common.h, fastest_impl). For tests, which check each against the
+// reference: their names in oneDNN's order (with a bias), and a prepare() that takes the one at
+// `position`.
+std::vector<std::string> cpu_conv_infer_impls(const ConvInferDesc& d);
+std::shared_ptr<ConvInferPlan> cpu_conv_infer_prepare_at(int position, const ConvInferDesc& d,
+                                                         const float* w, const float* b);
 
 } // namespace tb::kernels

@@ -28,13 +28,15 @@
 //                        output scales, src / dst zero points, s32 bias and ReLU / clip post-ops,
 //                        primitives cached per geometry (and, for convs, output scales);
 //   QConvKernels::cuda — none (null).
-// QElementwiseKernels (add, mul, cat, relu / relu6 / hardswish, max / average pooling): the
+// QElementwiseKernels (add, mul, cat, activations, max / average pooling): the
 // reference loops (kernels/ref/qelementwise.cpp) and the same arithmetic in OpenMP-parallel loops
 // (kernels/cpu/qelementwise.cpp; equal bit for bit, tested); see that struct.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "kernels/conv.h"
 
@@ -80,9 +82,20 @@ struct QConvKernels {
   static const QConvKernels ref, cpu, cuda;
 };
 
-// One quantization grid of an activation: real = (q - zp) * scale, q in [0, 255].
-enum class QActivation { ReLU, ReLU6, Hardswish };
+// The cpu table picks, per geometry, the fastest of the implementations oneDNN offers (timed when
+// the primitive is created; kernels/cpu/onednn_common.h, fastest_impl). For tests, which check
+// each of them against the reference: their names in oneDNN's order, and a conv2d run with the
+// one at `position`.
+std::vector<std::string> cpu_qconv2d_impls(const Conv2dGeom& g, const Requant& r);
+void cpu_qconv2d_at(int position, const Conv2dGeom& g, const uint8_t* x, const int8_t* w,
+                    const Requant& r, uint8_t* y);
 
+// The activations with integer kernels (PyTorch's formulas, those of tb's float ops,
+// kernels/ref/elementwise.cpp): relu, relu6, hardswish x relu6(x + 3) / 6, sigmoid
+// 1 / (1 + exp(-x)), silu x / (1 + exp(-x)), hardsigmoid relu6(x + 3) / 6.
+enum class QActivation { ReLU, ReLU6, Hardswish, Sigmoid, SiLU, Hardsigmoid };
+
+// One quantization grid of an activation: real = (q - zp) * scale, q in [0, 255].
 struct QGrid {
   float scale = 1;
   int32_t zp = 0;
@@ -106,8 +119,12 @@ struct QElementwiseKernels {
   // input requantized to gy.
   void (*cat)(const uint8_t* const* xs, const QGrid* gs, const int64_t* widths, int64_t k,
               uint8_t* y, QGrid gy, int64_t outer);
-  // relu / relu6 / hardswish (PyTorch's formulas) of x~, n elements, requantized to gy (with
-  // gy == gx, ReLU is max(x, zp) exactly, as PyTorch's quantized relu).
+  // f(x~) for f in QActivation, n elements, requantized to gy (with gy == gx, ReLU is
+  // max(x, zp) exactly, as PyTorch's quantized relu). The input has 256 levels, so the exact
+  // result is a table: y = table[x], table[q] = quant(f(deq(q))) with f the float op's float32
+  // formula, which is what the fake-quant model computes (the float op on dequantized values,
+  // then fake-quant). The cpu table builds it once per call for sigmoid / silu / hardsigmoid
+  // (an exp per element otherwise) and computes relu / relu6 / hardswish per element.
   void (*activation)(QActivation kind, const uint8_t* x, QGrid gx, uint8_t* y, QGrid gy,
                      int64_t n);
   // Max pooling on uint8 directly (the order is preserved by the affine map): x [N, H, W, C],

@@ -7,6 +7,7 @@
 #include <tb/infer.h>
 #include <tb/models.h>
 
+#include "kernels/conv_infer.h"
 #include "kernels/cpu/onednn_common.h"
 
 using namespace tb;
@@ -119,6 +120,45 @@ TEST_CASE("fused_conv2d: fast (oneDNN post-ops) = reference = the composed ops")
     CHECK(fast.is_channels_last());
     CHECK(rel_err(ref, want) < 1e-5);
     CHECK(rel_err(fast, ref) < 1e-5);
+  }
+}
+
+TEST_CASE("conv_infer: every oneDNN implementation the cpu table can pick equals the reference") {
+  namespace k = tb::kernels;
+  struct Case { int64_t N, C, H, W, O, KH, stride, pad, groups; bool residual; k::PostAct act; };
+  std::vector<Case> cases = {
+      {1, 16, 7, 7, 32, 3, 1, 1, 1, true, k::PostAct::ReLU},      // a ResNet block's tail
+      {1, 32, 9, 9, 32, 3, 2, 1, 32, false, k::PostAct::ReLU6},   // depthwise stride 2
+      {2, 24, 6, 6, 48, 1, 1, 0, 1, false, k::PostAct::Hardswish}, // pointwise
+      {1, 3, 15, 15, 8, 7, 2, 3, 1, false, k::PostAct::SiLU},     // a 7x7 stem
+  };
+  for (const Case& c : cases) {
+    k::ConvInferDesc d;
+    d.g = {.N = c.N, .C = c.C, .H = c.H, .W = c.W, .O = c.O, .KH = c.KH, .KW = c.KH};
+    d.g.stride_h = d.g.stride_w = c.stride;
+    d.g.pad_h = d.g.pad_w = c.pad;
+    d.g.groups = c.groups;
+    d.g.OH = (c.H + 2 * c.pad - c.KH) / c.stride + 1;
+    d.g.OW = (c.W + 2 * c.pad - c.KH) / c.stride + 1;
+    d.xs = k::nhwc_strides(c.C, c.H, c.W);
+    d.ys = k::nhwc_strides(c.O, d.g.OH, d.g.OW);
+    d.residual = c.residual;
+    d.act = c.act;
+    Tensor x = randn({c.N * c.H * c.W * c.C}), w = randn({c.O * (c.C / c.groups) * c.KH * c.KH});
+    Tensor b = randn({c.O}), r = randn({c.N * d.g.OH * d.g.OW * c.O});
+    const float* rp = c.residual ? r.data<float>() : nullptr;
+    Tensor want = zeros({r.numel()});
+    auto ref = k::ConvInferKernels::ref.prepare(d, w.data<float>(), b.data<float>());
+    k::ConvInferKernels::ref.run(*ref, x.data<float>(), rp, want.data<float>());
+    std::vector<std::string> impls = k::cpu_conv_infer_impls(d);
+    CHECK(!impls.empty());
+    for (int pos = 0; pos < (int)impls.size(); pos++) {
+      CAPTURE(impls[pos]);
+      auto plan = k::cpu_conv_infer_prepare_at(pos, d, w.data<float>(), b.data<float>());
+      Tensor got = zeros({r.numel()});
+      k::ConvInferKernels::cpu.run(*plan, x.data<float>(), rp, got.data<float>());
+      CHECK(rel_err(got, want) < 1e-5);
+    }
   }
 }
 

@@ -94,6 +94,15 @@ std::pair<int64_t, int> compare_conv(const QConvCase& c, uint64_t seed) {
   }
   CHECK(y_plan_cpu == y_cpu);
   CHECK(y_plan_ref == y_ref);
+  // Every implementation oneDNN offers for this geometry (the cpu table runs the fastest one;
+  // which one that is depends on timing), each equal to the reference.
+  std::vector<std::string> impls = k::cpu_qconv2d_impls(geom, r);
+  CHECK(!impls.empty());
+  for (int pos = 0; pos < (int)impls.size(); pos++) {
+    std::vector<uint8_t> y_impl(ny);
+    k::cpu_qconv2d_at(pos, geom, x.data(), w.data(), r, y_impl.data());
+    CHECK_MESSAGE(y_impl == y_ref, "oneDNN implementation " << impls[pos]);
+  }
   int64_t bad = 0;
   int worst = 0;
   for (int64_t i = 0; i < ny; i++) {
@@ -156,6 +165,9 @@ int check_layers(Twins& t, const Tensor& x, int64_t* differing = nullptr,
     bool join = dynamic_cast<q::QuantizedAdd*>(m) || dynamic_cast<q::QuantizedMul*>(m) ||
                 dynamic_cast<q::QuantizedCat*>(m) || dynamic_cast<q::QuantizedReLU*>(m) ||
                 dynamic_cast<q::QuantizedReLU6*>(m) || dynamic_cast<q::QuantizedHardswish*>(m) ||
+                dynamic_cast<q::QuantizedSigmoid*>(m) || dynamic_cast<q::QuantizedSiLU*>(m) ||
+                dynamic_cast<q::QuantizedHardsigmoid*>(m) ||
+                dynamic_cast<q::QuantizedChannelShuffle*>(m) ||
                 dynamic_cast<q::QuantizedMaxPool2d*>(m) || dynamic_cast<q::QuantizedAvgPool2d*>(m) ||
                 dynamic_cast<q::QuantizedAdaptiveAvgPool2d*>(m) ||
                 dynamic_cast<q::QuantizedFlatten*>(m);
@@ -172,8 +184,8 @@ int check_layers(Twins& t, const Tensor& x, int64_t* differing = nullptr,
             }
             if (!all_u8) return;
             Tensor yf = (*twin)(fin);
-            // Max pooling and flatten keep the input's grid: exact. The others requantize
-            // (one step at most: an average's or hardswish's float sum order).
+            // Max pooling, flatten and channel shuffle keep the input's grid: exact. The others
+            // requantize (one step at most: an average's or hardswish's float sum order).
             bool keeps = !mod.has_child("activation_post_process");
             double step = keeps ? 0 : out_scale(mod);
             double d = tbtest::max_abs_diff(q::dequantize(y), q::dequantize(yf));
@@ -245,6 +257,9 @@ TEST_CASE("integer conv: oneDNN u8 x s8 equals the reference loops (geometry, ze
       // Shapes where oneDNN picks its AMX kernels (3x3 and 1x1; ONEDNN_VERBOSE=1 shows them).
       {2, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1, true, A::ReLU, 7, 0, 0.0005f},
       {2, 32, 9, 9, 192, 1, 1, 1, 0, 1, 1, true, A::Clip, 250, 5, 0.001f},
+      // MobileNetV2's narrow 1x1s (AMX first in oneDNN's list, VNNI brgconv_1x1 second).
+      {1, 16, 12, 12, 96, 1, 1, 1, 0, 1, 1, true, A::Clip, 0, 0, 0.003f},
+      {1, 96, 7, 7, 24, 1, 1, 1, 0, 1, 1, true, A::None, 0, 128, 0.003f},
   };
   int i = 0;
   for (const auto& c : cases) {
@@ -434,6 +449,29 @@ TEST_CASE("integer add / mul / cat / activations / pools equal float op + fake-q
   // Hardswish: tb's op may associate x * relu6(x + 3) / 6 differently: one step at most.
   K.activation(k::QActivation::Hardswish, a.data(), ga, y.data(), gy, n);
   CHECK(max_diff(y, to_q(hardswish(ta), gy)) <= 1);
+  // Sigmoid / SiLU / Hardsigmoid on every one of the 256 levels, several grids (saturating ones
+  // too): the kernel evaluates the float op's own float32 formula, so it equals float op +
+  // fake-quant exactly.
+  std::vector<uint8_t> all(256), yl(256);
+  for (int i = 0; i < 256; i++) all[i] = (uint8_t)i;
+  struct Act { k::QActivation kind; const char* name; std::vector<k::QGrid> outs; };
+  std::vector<Act> acts = {
+      {k::QActivation::Sigmoid, "sigmoid", {{1.0f / 256, 0}, {0.0037f, 0}, {0.002f, 3}}},
+      {k::QActivation::SiLU, "silu", {{0.03f, 10}, {0.05f, 0}, {0.0125f, 40}}},
+      {k::QActivation::Hardsigmoid, "hardsigmoid", {{1.0f / 256, 0}, {0.0041f, 1}, {0.003f, 200}}}};
+  for (const Act& act : acts)
+    for (k::QGrid gx : {k::QGrid{0.05f, 128}, k::QGrid{0.1f, 0}, k::QGrid{0.02f, 255},
+                        k::QGrid{0.031f, 77}, k::QGrid{0.0625f, 100}})
+      for (k::QGrid go : act.outs) {
+        INFO(act.name << " in (" << gx.scale << ", " << gx.zp << ") out (" << go.scale << ", "
+                      << go.zp << ")");
+        K.activation(act.kind, all.data(), gx, yl.data(), go, 256);
+        Tensor v = deq_tensor(all, {256}, gx);
+        Tensor f = act.kind == k::QActivation::Sigmoid ? sigmoid(v)
+                   : act.kind == k::QActivation::SiLU  ? silu(v)
+                                                       : hardsigmoid(v);
+        CHECK(max_diff(yl, to_q(f, go)) == 0);
+      }
   // Pools on [N, C, H, W] = the NHWC data permuted; 3x3 stride 2 padding 1 (odd sizes).
   Tensor tn = ta.permute({0, 3, 1, 2});
   Pool2dParams pp{.kernel_h = 3, .kernel_w = 3, .stride_h = 2, .stride_w = 2, .pad_h = 1,
@@ -467,10 +505,33 @@ TEST_CASE("integer add / mul / cat / activations / pools: the OpenMP table equal
   R.mul(a.data(), ga, b.data(), gb, yr.data(), gy, N, H * W, C, false);
   F.mul(a.data(), ga, b.data(), gb, yf.data(), gy, N, H * W, C, false);
   CHECK(same(yr, yf));
-  for (auto kind : {k::QActivation::ReLU, k::QActivation::ReLU6, k::QActivation::Hardswish}) {
+  const auto kinds = {k::QActivation::ReLU,    k::QActivation::ReLU6, k::QActivation::Hardswish,
+                      k::QActivation::Sigmoid, k::QActivation::SiLU,  k::QActivation::Hardsigmoid};
+  for (auto kind : kinds) {
     R.activation(kind, a.data(), ga, yr.data(), gy, n);
     F.activation(kind, a.data(), ga, yf.data(), gy, n);
     CHECK(same(yr, yf));
+  }
+  // Every level on several grids (the cpu table of sigmoid / silu / hardsigmoid against the
+  // reference's per-element formula), and a large input (the OpenMP lookup).
+  std::vector<uint8_t> all(256), ar(256), af(256);
+  for (int i = 0; i < 256; i++) all[i] = (uint8_t)i;
+  for (auto kind : kinds)
+    for (k::QGrid gx : {ga, gb, k::QGrid{0.07f, 128}, k::QGrid{0.0039f, 3}})
+      for (k::QGrid go : {gy, k::QGrid{1.0f / 256, 0}, k::QGrid{0.011f, 250}}) {
+        INFO("kind " << (int)kind << " in (" << gx.scale << ", " << gx.zp << ") out ("
+                     << go.scale << ", " << go.zp << ")");
+        R.activation(kind, all.data(), gx, ar.data(), go, 256);
+        F.activation(kind, all.data(), gx, af.data(), go, 256);
+        CHECK(same(ar, af));
+      }
+  int64_t big = (1 << 17) + 5;
+  auto xb = random_u8(big, g);
+  std::vector<uint8_t> br(big), bf(big);
+  for (auto kind : kinds) {
+    R.activation(kind, xb.data(), gb, br.data(), gy, big);
+    F.activation(kind, xb.data(), gb, bf.data(), gy, big);
+    CHECK(same(br, bf));
   }
   auto c2 = random_u8(N * H * W * 5, g);
   const uint8_t* xs[2] = {a.data(), c2.data()};
@@ -492,6 +553,43 @@ TEST_CASE("integer add / mul / cat / activations / pools: the OpenMP table equal
     F.avg_pool2d(a.data(), ga, N, C, H, W, pp.k, pp.k, pp.s, pp.s, pp.p, pp.p, pf.data(), gy, OH, OW);
     CHECK(same(pr, pf));
   }
+}
+
+TEST_CASE("integer channel shuffle: the uint8 levels permuted, equal to the float shuffle") {
+  q::QParams p{.scale = full({1}, 0.05), .zero_point = full({1}, 11.0, TensorOptions(kInt32))};
+  q::Quantize quant(p);
+  quant.emit_uint8 = true;
+  struct Case { Shape shape; int64_t groups; };
+  for (const Case& c : std::vector<Case>{{{2, 6, 3, 5}, 2}, {{1, 12, 4, 4}, 3}, {{3, 8, 1, 1}, 4},
+                                         {{2, 5, 2, 3}, 1}, {{1, 64, 32, 33}, 2}}) {
+    INFO("shape " << shape_str(c.shape) << " groups " << c.groups);
+    Tensor xf = mul(randint(-11, 245, c.shape).to(kFloat32), 0.05); // on the grid
+    Tensor a = quant(xf);
+    REQUIRE(q::is_quantized_activation(a));
+    nn::ChannelShuffle shuffle(c.groups);
+    q::QuantizedChannelShuffle qs(shuffle);
+    CHECK(qs.extra_repr() == shuffle.extra_repr());
+    Tensor want = nn::channel_shuffle(q::dequantize(a), c.groups);
+    qs.emit_uint8 = true;
+    Tensor y = qs(a);
+    REQUIRE(q::is_quantized_activation(y)); // the same grid, no requantization
+    CHECK(y.is_channels_last());
+    CHECK(y.shape() == c.shape);
+    CHECK(tbtest::max_abs_diff(q::dequantize(y), want) == 0);
+    CHECK(tbtest::max_abs_diff(q::dequantize(y), q::dequantize(quant(want))) == 0);
+    qs.emit_uint8 = false; // the float carrier for float readers
+    Tensor yf = qs(a);
+    CHECK(yf.dtype() == kFloat32);
+    CHECK(tbtest::max_abs_diff(yf, want) == 0);
+    CHECK(tbtest::max_abs_diff(qs(xf), nn::channel_shuffle(xf, c.groups)) == 0); // float in
+  }
+  // The integer activations without an output grid (no Quantize after them) run the float op on
+  // the dequantized input.
+  Tensor a = quant(mul(randint(-11, 245, {2, 3, 4, 4}).to(kFloat32), 0.05));
+  Tensor d = q::dequantize(a);
+  CHECK(tbtest::max_abs_diff(q::QuantizedSigmoid(nn::Sigmoid())(a), sigmoid(d)) == 0);
+  CHECK(tbtest::max_abs_diff(q::QuantizedSiLU(nn::SiLU())(a), silu(d)) == 0);
+  CHECK(tbtest::max_abs_diff(q::QuantizedHardsigmoid(nn::Hardsigmoid())(a), hardsigmoid(d)) == 0);
 }
 
 // ---- 3. converted models: integer = fake-quant -----------------------------------------------------
@@ -587,15 +685,23 @@ TEST_CASE("mobilenet_v2 (small input): every integer layer within one step of fa
 TEST_CASE("the zoo (small input): uint8 activations between integer layers, each within one step") {
   // Per model: the layers whose input is computed by code in the model's forward that no
   // observer sees (a functional mean), so it is not quantized in the fake-quant model either.
-  // `float_inputs`: how many integer layers may get a float carrier: those after a functional
-  // op, and ShuffleNetV2's after its ChannelShuffle (a module of the model layer, which has no
-  // integer twin: the Cat before it hands it a float carrier, checked and re-quantized exactly).
-  struct Z { const char* name; std::set<std::string> off_grid; int float_inputs; };
-  std::vector<Z> zoo = {{"resnet18", {}, 0},
-                        {"mobilenet_v1", {}, 0},
-                        {"mobilenet_v3_small", {}, 0},
-                        {"shufflenet_v2_x0_5", {"module.fc"}, 19},
-                        {"efficientnet_b0", {}, 0}};
+  // `float_inputs`: how many integer layers may get a float carrier: those after a functional op.
+  // `twins`: whether the model has sigmoid / silu / hardsigmoid / channel shuffle modules (their
+  // integer twins must all run on uint8 and hand uint8 on). `float_outputs`: the module outputs
+  // that stay float (-1: not checked): MobileNetV3's none, ShuffleNetV2's last conv (read by the
+  // functional mean).
+  struct Z {
+    const char* name;
+    std::set<std::string> off_grid;
+    int float_inputs;
+    bool twins;
+    int float_outputs;
+  };
+  std::vector<Z> zoo = {{"resnet18", {}, 0, false, -1},
+                        {"mobilenet_v1", {}, 0, false, 0},
+                        {"mobilenet_v3_small", {}, 0, true, 0},
+                        {"shufflenet_v2_x0_5", {"module.fc"}, 1, true, 1},
+                        {"efficientnet_b0", {}, 0, true, -1}};
   uint64_t seed = 30;
   for (const Z& z : zoo) {
     INFO(z.name);
@@ -603,11 +709,27 @@ TEST_CASE("the zoo (small input): uint8 activations between integer layers, each
     auto m = models::create(z.name, {.num_classes = 10, .small_input = true, .in_channels = 1});
     Twins t = convert_twins(m, {2, 1, 28, 28}, 2);
     Tensor x = randn({2, 1, 28, 28});
+    int twin_calls = 0, twin_u8 = 0;
+    std::vector<nn::HookHandle> twin_hooks;
+    for (nn::Module* mod : t.integer->modules())
+      if (dynamic_cast<q::QuantizedSigmoid*>(mod) || dynamic_cast<q::QuantizedSiLU*>(mod) ||
+          dynamic_cast<q::QuantizedHardsigmoid*>(mod) ||
+          dynamic_cast<q::QuantizedChannelShuffle*>(mod))
+        twin_hooks.push_back(mod->register_forward_hook(
+            [&](nn::Module&, const std::vector<Tensor>& in, const Tensor& y) {
+              twin_calls++;
+              twin_u8 += q::is_quantized_activation(in[0]) && q::is_quantized_activation(y);
+            }));
     int64_t differing = 0;
     int uint8_inputs = 0, joins = 0;
     int n = check_layers(t, x, &differing, z.off_grid, &uint8_inputs, &joins);
+    for (auto& h : twin_hooks) h.remove();
     CHECK(joins > 0);
-    MESSAGE(std::string(z.name) << ": " << joins << " integer joins / activations / pools");
+    CHECK(twin_u8 == twin_calls);
+    CHECK((twin_calls > 0) == z.twins);
+    if (z.float_outputs >= 0) CHECK(t.report.float_outputs == z.float_outputs);
+    MESSAGE(std::string(z.name) << ": " << joins << " integer joins / activations / pools, "
+                                << twin_calls << " of them sigmoid / silu / hardsigmoid / shuffle");
     MESSAGE(std::string(z.name) << ": " << n << " integer layers, " << uint8_inputs << " with uint8 input, "
                    << differing << " outputs one step from fake-quant; " << t.report.uint8_outputs
                    << " module outputs uint8, " << t.report.float_outputs << " float");
@@ -865,6 +987,16 @@ TEST_CASE("bad input: int8 tensors in float ops, off-grid inputs, qparams, uncal
   }
   CHECK(qconv.off_grid_calls == 1);
   check_error([&] { conv(randn({1, 3, 3, 3})); }, {"QuantizedConv2d", "3 channels", "expects 2"});
+  // A channel shuffle whose groups do not divide the channels of a uint8 activation, or given a
+  // 2-D one: the float op's error.
+  q::QParams pq{.scale = full({1}, 0.1), .zero_point = full({1}, 3.0, TensorOptions(kInt32))};
+  q::Quantize quant(pq);
+  quant.emit_uint8 = true;
+  q::QuantizedChannelShuffle shuffle(nn::ChannelShuffle(4));
+  Tensor a6 = quant(randn({1, 6, 2, 2}));
+  REQUIRE(q::is_quantized_activation(a6));
+  check_error([&] { shuffle(a6); }, {"channel_shuffle", "divisible by groups (4)", "[1, 6, 2, 2]"});
+  check_error([&] { shuffle(quant(randn({2, 8}))); }, {"channel_shuffle", "4-D", "[2, 8]"});
   check_error([&] { conv(randn({1, 2, 3, 3}).to(kInt8)); }, {"QuantizedConv2d", "float32"});
   // Qparams that do not fit the tensor.
   q::QParams pc{.scale = ones({3}), .zero_point = zeros({3}, TensorOptions(kInt32)),

@@ -91,18 +91,8 @@ class SqueezeExcitation : public Module {
   TB_MODULE(SqueezeExcitation)
 };
 
-// ChannelShuffle: [N, g*c, H, W] -> view [N, g, c, H, W] -> transpose(1, 2) -> [N, c*g, H, W],
-// so channel i*c + j moves to j*g + i and the next grouped op sees channels from every group.
-// No parameters, no MACs (one copy). Channels-last inputs stay channels-last.
-class ChannelShuffle : public Module {
- public:
-  explicit ChannelShuffle(int64_t groups) : groups(groups) {}
-  Tensor forward(const Tensor& x) override;
-  TB_MODULE(ChannelShuffle)
-  std::string extra_repr() const override;
-  int64_t groups;
-};
-Tensor channel_shuffle(const Tensor& x, int64_t groups);
+// ChannelShuffle and channel_shuffle, which ShuffleNetV2Unit uses, are in tb/nn.h (PyTorch's
+// nn.ChannelShuffle; the quantization layer gives it an integer twin).
 
 // ShuffleNetV2 unit (torchvision's shufflenetv2.InvertedResidual). stride 1: split the channels in
 // halves, keep one, run the other through branch2 (1×1, 3×3 depthwise, 1×1), concat, shuffle.

@@ -529,6 +529,20 @@ class Dropout : public Module {
   double p;
 };
 
+// channel_shuffle (PyTorch's nn.ChannelShuffle): [N, g*c, H, W] -> view [N, g, c, H, W] ->
+// transpose(1, 2) -> [N, c*g, H, W], so channel i*c + j moves to j*g + i and the next grouped
+// op sees channels from every group (ShuffleNet). No parameters, no MACs (one copy).
+// Channels-last inputs stay channels-last. tb::Error unless x is 4-D and groups divides C.
+Tensor channel_shuffle(const Tensor& x, int64_t groups);
+class ChannelShuffle : public Module {
+ public:
+  explicit ChannelShuffle(int64_t groups) : groups(groups) {}
+  Tensor forward(const Tensor& x) override { return channel_shuffle(x, groups); }
+  TB_MODULE(ChannelShuffle)
+  std::string extra_repr() const override;
+  int64_t groups;
+};
+
 // =============================================================================================
 // Joins: the ops that combine several tensors, as modules (the role of PyTorch's
 // FloatFunctional), so that forward hooks see them. A quantization observer or a feature

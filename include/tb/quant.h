@@ -494,8 +494,8 @@ class Quantize : public nn::Module {
 // with fake-quant's rule, so they equal the fake-quant model up to the order of a sum) and return
 // a uint8 activation; on anything else (float inputs, a broadcast or option the kernels do not
 // cover) they dequantize uint8 inputs and run the float op, as the fake-quant model.
-// Max pooling and flatten keep their input's grid (no Quantize): like Quantize they return uint8
-// only with `emit_uint8`, else the float carrier.
+// Max pooling, flatten and channel shuffle keep their input's grid (no Quantize): like Quantize
+// they return uint8 only with `emit_uint8`, else the float carrier.
 class QuantizedAdd : public nn::Add {
  public:
   explicit QuantizedAdd(const nn::Add& m) : nn::Add(m) {}
@@ -533,6 +533,37 @@ class QuantizedHardswish : public nn::Hardswish {
   explicit QuantizedHardswish(const nn::Hardswish& m) : nn::Hardswish(m) {}
   Tensor forward(const Tensor& x) override;
   TB_MODULE(QuantizedHardswish)
+};
+// Sigmoid, SiLU and Hardsigmoid: a 256-entry table per call (the float op on each input level,
+// quantized onto the output grid; kernels/qconv.h). Their output grid is the one prepare's
+// observer measured (PyTorch's QAT uses the fixed 1/256, zero point 0 for sigmoid and
+// hardsigmoid instead).
+class QuantizedSigmoid : public nn::Sigmoid {
+ public:
+  explicit QuantizedSigmoid(const nn::Sigmoid& m) : nn::Sigmoid(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedSigmoid)
+};
+class QuantizedSiLU : public nn::SiLU {
+ public:
+  explicit QuantizedSiLU(const nn::SiLU& m) : nn::SiLU(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedSiLU)
+};
+class QuantizedHardsigmoid : public nn::Hardsigmoid {
+ public:
+  explicit QuantizedHardsigmoid(const nn::Hardsigmoid& m) : nn::Hardsigmoid(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedHardsigmoid)
+};
+// On a uint8 activation [N, C, H, W] (channels-last) the shuffle permutes the channels of each
+// pixel: the same levels on the same grid (no Quantize), bit exact.
+class QuantizedChannelShuffle : public nn::ChannelShuffle {
+ public:
+  explicit QuantizedChannelShuffle(const nn::ChannelShuffle& m) : nn::ChannelShuffle(m) {}
+  Tensor forward(const Tensor& x) override;
+  TB_MODULE(QuantizedChannelShuffle)
+  bool emit_uint8 = false;
 };
 // No ceil_mode (the float op runs then).
 class QuantizedMaxPool2d : public nn::MaxPool2d {

@@ -63,8 +63,9 @@ struct CpuPlan : ConvInferPlan {
   std::unique_ptr<on::Buffer> w_buf, b_buf; // weights in the primitive's layout; bias copy
 };
 
-std::shared_ptr<ConvInferPlan> cpu_prepare(const ConvInferDesc& d, const float* w,
-                                           const float* b) {
+// position: which of oneDNN's implementations to use (see on::fastest_impl); -1 = the fastest.
+std::shared_ptr<ConvInferPlan> prepare_at(const ConvInferDesc& d, const float* w, const float* b,
+                                          int position) {
   const Conv2dGeom& g = d.g;
   TB_CHECK(d.ys == nhwc_strides(g.O, g.OH, g.OW),
            "conv_infer: the output must be channels-last (NHWC strides)");
@@ -90,7 +91,24 @@ std::shared_ptr<ConvInferPlan> cpu_prepare(const ConvInferDesc& d, const float* 
                                        dnnl::algorithm::convolution_direct, p->src,
                                        weights_md(g, true), p->bias, p->dst, strides, dilates, pad,
                                        pad);
-  dnnl::convolution_forward::primitive_desc pd(desc, attr, on::engine());
+  // Of the implementations oneDNN offers, the one that measures fastest on this shape
+  // (on::fastest_impl; zero-filled buffers: the values do not change the speed).
+  using PD = dnnl::convolution_forward::primitive_desc;
+  auto make = [&] { return PD(desc, attr, on::engine()); };
+  auto time_pd = [&](const PD& cand) {
+    dnnl::convolution_forward prim(cand);
+    on::Buffer x(cand.src_desc().get_size()), w(cand.weights_desc().get_size()),
+        bias(cand.bias_desc().get_size()), y(cand.dst_desc().get_size());
+    std::memset(x.data(), 0, cand.src_desc().get_size());
+    std::memset(w.data(), 0, cand.weights_desc().get_size());
+    std::memset(y.data(), 0, cand.dst_desc().get_size()); // the sum post-op reads it
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, x.memory(cand.src_desc())},
+                                         {DNNL_ARG_WEIGHTS, w.memory(cand.weights_desc())},
+                                         {DNNL_ARG_DST, y.memory(cand.dst_desc())}};
+    if (b) args[DNNL_ARG_BIAS] = bias.memory(cand.bias_desc());
+    return on::time_runs_ms([&] { on::execute(prim, cand.scratchpad_desc(), args); });
+  };
+  PD pd = on::at_impl(make(), position >= 0 ? position : on::fastest_impl<PD>(make, time_pd));
   p->prim = dnnl::convolution_forward(pd);
   on::count_primitive_created();
   p->weights = pd.weights_desc();
@@ -114,6 +132,11 @@ std::shared_ptr<ConvInferPlan> cpu_prepare(const ConvInferDesc& d, const float* 
   return p;
 }
 
+std::shared_ptr<ConvInferPlan> cpu_prepare(const ConvInferDesc& d, const float* w,
+                                           const float* b) {
+  return prepare_at(d, w, b, -1);
+}
+
 void cpu_run(const ConvInferPlan& plan, const float* x, const float* r, float* y) {
   const auto& p = dynamic_cast<const CpuPlan&>(plan);
   const Conv2dGeom& g = p.d.g;
@@ -134,6 +157,30 @@ void cpu_run(const ConvInferPlan& plan, const float* x, const float* r, float* y
 }
 
 } // namespace
+
+std::vector<std::string> cpu_conv_infer_impls(const ConvInferDesc& d) {
+  const Conv2dGeom& g = d.g;
+  dnnl::post_ops ops;
+  if (d.residual) ops.append_sum(1.0f);
+  if (d.act != PostAct::None) {
+    Eltwise e = eltwise_of(d.act);
+    ops.append_eltwise(1.0f, e.alg, e.alpha, e.beta);
+  }
+  dnnl::primitive_attr attr = on::scratchpad_attr();
+  attr.set_post_ops(ops);
+  memory::desc bias({g.O}, memory::data_type::f32, memory::format_tag::x);
+  dnnl::convolution_forward::desc desc(
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+      act_md(g.N, g.C, g.H, g.W, nhwc_strides(g.C, g.H, g.W)), weights_md(g, true), bias,
+      act_md(g.N, g.O, g.OH, g.OW, d.ys), {g.stride_h, g.stride_w}, {g.dil_h - 1, g.dil_w - 1},
+      {g.pad_h, g.pad_w}, {g.pad_h, g.pad_w});
+  return on::impl_names(dnnl::convolution_forward::primitive_desc(desc, attr, on::engine()));
+}
+
+std::shared_ptr<ConvInferPlan> cpu_conv_infer_prepare_at(int position, const ConvInferDesc& d,
+                                                         const float* w, const float* b) {
+  return prepare_at(d, w, b, position);
+}
 
 const ConvInferKernels ConvInferKernels::cpu = {.prepare = cpu_prepare, .run = cpu_run};
 

@@ -4,7 +4,11 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <string>
 
 #include <tb/core.h>
 
@@ -78,6 +82,25 @@ void Reorder::commit(const dnnl::memory& written, void* user) const {
   if (!needed) return;
   dnnl::memory user_mem(to, engine(), user);
   execute(prim, scratchpad_md, {{DNNL_ARG_FROM, written}, {DNNL_ARG_TO, user_mem}});
+}
+
+bool autotune_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("TB_ONEDNN_AUTOTUNE");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return on;
+}
+
+double time_runs_ms(const std::function<void()>& run) {
+  run();
+  double best = 1e300;
+  for (int i = 0; i < 3; i++) {
+    auto t0 = std::chrono::steady_clock::now();
+    run();
+    best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
 }
 
 static std::atomic<int64_t> g_created{0};

@@ -9,6 +9,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
@@ -89,6 +91,50 @@ class Cache {
   std::mutex mutex_;
   std::unordered_map<Key, Entry, KeyHash> map_;
 };
+
+// Choosing among oneDNN's implementations by measurement. For one problem oneDNN offers a list of
+// implementations, best first by its own heuristic (pd.next_impl() walks it). On this CPU (AVX-512
+// VNNI and AMX) the heuristic puts the AMX kernels first, which measured slower than the AVX-512
+// VNNI ones on most of MobileNetV2's small int8 1x1 convs (0.35 against 0.19 ms on 16 -> 96 at
+// 1x112x112) and faster on ResNet-18's int8 3x3 ones (the model 4.9 against 6.9 ms). So the
+// inference kernels time the first kMaxImpls implementations (oneDNN's reference loops left out)
+// on the layer's own shape when they create its primitive, and keep the fastest.
+// `make()` builds the descriptor at oneDNN's first choice (from an operation descriptor that
+// outlives it: oneDNN 2.6's implementation list keeps a pointer to that); `time_ms(pd)` runs pd's primitive on
+// buffers of its layouts and returns the time of one run. Returns the position of the fastest
+// (0 = oneDNN's choice); at_impl() rebuilds that one. TB_ONEDNN_AUTOTUNE=0 in the environment
+// turns the timing off (always position 0), for runs that must pick the same kernels every time.
+constexpr int kMaxImpls = 4;
+bool autotune_enabled();
+// Best of 3 timed runs after one warm-up, in milliseconds.
+double time_runs_ms(const std::function<void()>& run);
+template <class PD>
+int fastest_impl(const std::function<PD()>& make, const std::function<double(const PD&)>& time_ms) {
+  PD pd = make();
+  if (!autotune_enabled()) return 0;
+  int best = 0;
+  double best_ms = 1e300;
+  for (int pos = 0; pos < kMaxImpls; pos++) {
+    if (std::string(pd.impl_info_str()).rfind("ref", 0) != 0) {
+      double ms = time_ms(pd);
+      if (ms < best_ms) best_ms = ms, best = pos;
+    }
+    if (!pd.next_impl()) break;
+  }
+  return best;
+}
+// The descriptor make() builds, moved on to implementation `position` (as far as the list goes).
+template <class PD> PD at_impl(PD pd, int position) {
+  for (int i = 0; i < position && pd.next_impl(); i++) {
+  }
+  return pd;
+}
+// The names of the first kMaxImpls implementations oneDNN offers for make()'s problem, in its order.
+template <class PD> std::vector<std::string> impl_names(PD pd) {
+  std::vector<std::string> names{pd.impl_info_str()};
+  while ((int)names.size() < kMaxImpls && pd.next_impl()) names.push_back(pd.impl_info_str());
+  return names;
+}
 
 // The number of OpenMP threads now: part of every key, since oneDNN picks its work split (and
 // sometimes its implementation) for the thread count at creation time.

@@ -86,29 +86,25 @@ struct QConvEntry {
   on::Reorder weights; // user OIHW s8 -> the primitive's blocked layout (+ compensation)
 };
 
-// The primitive for (geometry, requantization constants), created once per process.
-const QConvEntry& qconv_entry(const Conv2dGeom& g, const Requant& r) {
-  static on::Cache<QConvEntry> cache;
-  bool with_bias = r.bias != nullptr;
-  on::Key key{on::num_threads(), g.N,       g.C,       g.H,     g.W,     g.O,
-              g.KH,              g.KW,      g.OH,      g.OW,    g.stride_h, g.stride_w,
-              g.pad_h,           g.pad_w,   g.dil_h,   g.dil_w, g.groups, with_bias,
-              (int64_t)r.act,    float_bits(r.clip_hi)};
-  for (int64_t o = 0; o < g.O; o++) key.push_back(float_bits(r.multiplier[o]));
-  return cache.get(key, [&] {
-    memory::desc src({g.N, g.C, g.H, g.W}, dt::u8, tag::nhwc);
-    memory::desc dst({g.N, g.O, g.OH, g.OW}, dt::u8, tag::nhwc);
-    memory::desc bias = with_bias ? memory::desc({g.O}, dt::s32, tag::x) : memory::desc();
-    // oneDNN's dilation counts the gaps between taps (PyTorch's dilation - 1).
-    dnnl::convolution_forward::desc desc(
-        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
-        qweights_md(g, true), bias, dst, {g.stride_h, g.stride_w}, {g.dil_h - 1, g.dil_w - 1},
-        {g.pad_h, g.pad_w}, {g.pad_h, g.pad_w});
-    dnnl::convolution_forward::primitive_desc pd(desc, qattr(r, g.O), on::engine());
-    on::count_primitive_created();
-    return QConvEntry{dnnl::convolution_forward(pd), src, dst, bias, pd.scratchpad_desc(),
-                      on::Reorder(qweights_md(g, false), pd.weights_desc())};
-  });
+using QConvPD = dnnl::convolution_forward::primitive_desc;
+
+// The problem as oneDNN's operation descriptor. It must outlive every primitive descriptor made
+// from it: oneDNN 2.6's implementation list (next_impl) keeps a pointer to it.
+dnnl::convolution_forward::desc qconv_desc(const Conv2dGeom& g, const Requant& r) {
+  memory::desc src({g.N, g.C, g.H, g.W}, dt::u8, tag::nhwc);
+  memory::desc dst({g.N, g.O, g.OH, g.OW}, dt::u8, tag::nhwc);
+  memory::desc bias = r.bias ? memory::desc({g.O}, dt::s32, tag::x) : memory::desc();
+  // oneDNN's dilation counts the gaps between taps (PyTorch's dilation - 1).
+  return dnnl::convolution_forward::desc(
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+      qweights_md(g, true), bias, dst, {g.stride_h, g.stride_w}, {g.dil_h - 1, g.dil_w - 1},
+      {g.pad_h, g.pad_w}, {g.pad_h, g.pad_w});
+}
+
+QConvEntry make_entry(const Conv2dGeom& g, const QConvPD& pd) {
+  on::count_primitive_created();
+  return QConvEntry{dnnl::convolution_forward(pd), pd.src_desc(), pd.dst_desc(), pd.bias_desc(),
+                    pd.scratchpad_desc(), on::Reorder(qweights_md(g, false), pd.weights_desc())};
 }
 
 // Runs entry `e` on weights already in its layout.
@@ -121,6 +117,38 @@ void run_entry(const QConvEntry& e, const Conv2dGeom& g, const uint8_t* x, const
   if (r.bias) args[DNNL_ARG_BIAS] = memory(e.bias, on::engine(), mut(r.bias));
   add_runtime_args(args, r, g.O, false, zps);
   on::execute(e.prim, e.scratchpad, std::move(args));
+}
+
+// One run of pd's primitive on zero-filled buffers (the values do not change these kernels'
+// speed), for on::fastest_impl.
+double time_qconv(const Conv2dGeom& g, const Requant& r, const QConvPD& pd) {
+  QConvEntry e{dnnl::convolution_forward(pd), pd.src_desc(), pd.dst_desc(), pd.bias_desc(),
+               pd.scratchpad_desc(), {}};
+  on::Buffer x(e.src.get_size()), y(e.dst.get_size()), w(pd.weights_desc().get_size());
+  std::memset(x.data(), 0, e.src.get_size());
+  std::memset(w.data(), 0, pd.weights_desc().get_size());
+  memory wm = w.memory(pd.weights_desc());
+  return on::time_runs_ms(
+      [&] { run_entry(e, g, (const uint8_t*)x.data(), wm, r, (uint8_t*)y.data()); });
+}
+
+// The primitive for (geometry, requantization constants), created once per process with the
+// implementation that measured fastest on this geometry (on::fastest_impl).
+const QConvEntry& qconv_entry(const Conv2dGeom& g, const Requant& r) {
+  static on::Cache<QConvEntry> cache;
+  on::Key key{on::num_threads(), g.N,       g.C,       g.H,     g.W,     g.O,
+              g.KH,              g.KW,      g.OH,      g.OW,    g.stride_h, g.stride_w,
+              g.pad_h,           g.pad_w,   g.dil_h,   g.dil_w, g.groups, r.bias != nullptr,
+              (int64_t)r.act,    float_bits(r.clip_hi)};
+  for (int64_t o = 0; o < g.O; o++) key.push_back(float_bits(r.multiplier[o]));
+  return cache.get(key, [&] {
+    auto desc = qconv_desc(g, r);
+    dnnl::primitive_attr attr = qattr(r, g.O);
+    auto make = [&] { return QConvPD(desc, attr, on::engine()); };
+    int best = on::fastest_impl<QConvPD>(
+        make, [&](const QConvPD& pd) { return time_qconv(g, r, pd); });
+    return make_entry(g, on::at_impl(make(), best));
+  });
 }
 
 void cpu_qconv2d(const Conv2dGeom& g, const uint8_t* x, const int8_t* w, const Requant& r,
@@ -157,6 +185,23 @@ void cpu_run_qconv2d(const QConvPlan& plan, const uint8_t* x, const Requant& r, 
   const auto& p = dynamic_cast<const CpuQConvPlan&>(plan);
   run_entry(*p.entry, p.g, x, p.weights->memory(p.entry->weights.to), r, y);
 }
+
+} // namespace
+
+std::vector<std::string> cpu_qconv2d_impls(const Conv2dGeom& g, const Requant& r) {
+  auto desc = qconv_desc(g, r);
+  return on::impl_names(QConvPD(desc, qattr(r, g.O), on::engine()));
+}
+
+void cpu_qconv2d_at(int position, const Conv2dGeom& g, const uint8_t* x, const int8_t* w,
+                    const Requant& r, uint8_t* y) {
+  auto desc = qconv_desc(g, r);
+  QConvEntry e = make_entry(g, on::at_impl(QConvPD(desc, qattr(r, g.O), on::engine()), position));
+  std::optional<on::Buffer> w_tmp;
+  run_entry(e, g, x, e.weights.input(w, w_tmp), r, y);
+}
+
+namespace {
 
 // ---- linear (matmul) ------------------------------------------------------------------------------
 

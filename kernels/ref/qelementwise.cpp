@@ -56,6 +56,9 @@ void ref_qactivation(QActivation kind, const uint8_t* x, QGrid gx, uint8_t* y, Q
       case QActivation::ReLU: r = std::max(v, 0.0f); break;
       case QActivation::ReLU6: r = std::min(std::max(v, 0.0f), 6.0f); break;
       case QActivation::Hardswish: r = v * std::min(std::max(v + 3.0f, 0.0f), 6.0f) / 6.0f; break;
+      case QActivation::Sigmoid: r = 1.0f / (1.0f + std::exp(-v)); break;
+      case QActivation::SiLU: r = v / (1.0f + std::exp(-v)); break;
+      case QActivation::Hardsigmoid: r = std::min(std::max(v + 3.0f, 0.0f), 6.0f) / 6.0f; break;
     }
     y[i] = quant(r, gy);
   }

@@ -135,29 +135,6 @@ Tensor SqueezeExcitation::forward(const Tensor& x) {
   return call(*this, "skip_mul", s, x);
 }
 
-// ---- ChannelShuffle ----------------------------------------------------------------------------
-
-Tensor channel_shuffle(const Tensor& x, int64_t groups) {
-  check_defined("channel_shuffle", x, "input");
-  TB_CHECK(x.dim() == 4, "channel_shuffle: expected a 4-D [N, C, H, W] input, got shape {}",
-           shape_str(x.shape()));
-  int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
-  TB_CHECK(groups > 0 && c % groups == 0,
-           "channel_shuffle: channels ({}) must be divisible by groups ({}); input shape {}", c,
-           groups, shape_str(x.shape()));
-  if (x.is_channels_last() && !x.is_contiguous()) {
-    // Work on the N×H×W×C memory view so the result stays channels-last.
-    Tensor t = x.permute({0, 2, 3, 1}).reshape({n, h, w, groups, c / groups});
-    t = t.transpose(3, 4).contiguous().view({n, h, w, c});
-    return t.permute({0, 3, 1, 2});
-  }
-  Tensor t = x.reshape({n, groups, c / groups, h, w}).transpose(1, 2).contiguous();
-  return t.view({n, c, h, w});
-}
-
-Tensor ChannelShuffle::forward(const Tensor& x) { return channel_shuffle(x, groups); }
-std::string ChannelShuffle::extra_repr() const { return fmt::format("groups={}", groups); }
-
 // ---- ShuffleNetV2 unit -------------------------------------------------------------------------
 
 ShuffleNetV2Unit::ShuffleNetV2Unit(int64_t in, int64_t out, int64_t stride) : stride(stride) {

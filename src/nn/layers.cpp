@@ -230,6 +230,29 @@ Dropout::Dropout(double p) : p(p) {
 std::string Dropout::extra_repr() const { return fmt::format("p={}, inplace=False", p); }
 
 // ---------------------------------------------------------------------------------------------
+// ChannelShuffle: [N, g*c, H, W] -> [N, g, c, H, W] -> transpose(1, 2) -> [N, c*g, H, W].
+
+Tensor channel_shuffle(const Tensor& x, int64_t groups) {
+  check_defined("channel_shuffle", x, "input");
+  TB_CHECK(x.dim() == 4, "channel_shuffle: expected a 4-D [N, C, H, W] input, got shape {}",
+           shape_str(x.shape()));
+  int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  TB_CHECK(groups > 0 && c % groups == 0,
+           "channel_shuffle: channels ({}) must be divisible by groups ({}); input shape {}", c,
+           groups, shape_str(x.shape()));
+  if (x.is_channels_last() && !x.is_contiguous()) {
+    // Work on the N×H×W×C memory view so the result stays channels-last.
+    Tensor t = x.permute({0, 2, 3, 1}).reshape({n, h, w, groups, c / groups});
+    t = t.transpose(3, 4).contiguous().view({n, h, w, c});
+    return t.permute({0, 3, 1, 2});
+  }
+  Tensor t = x.reshape({n, groups, c / groups, h, w}).transpose(1, 2).contiguous();
+  return t.view({n, c, h, w});
+}
+
+std::string ChannelShuffle::extra_repr() const { return fmt::format("groups={}", groups); }
+
+// ---------------------------------------------------------------------------------------------
 // Joins
 
 static void check_inputs(const char* op, const std::vector<Tensor>& xs, size_t n) {

@@ -176,6 +176,9 @@ nn::ModulePtr integer_twin(const nn::ModulePtr& m) {
   static const Make makers[] = {twin_if<nn::Add, QuantizedAdd>, twin_if<nn::Mul, QuantizedMul>,
                     twin_if<nn::Cat, QuantizedCat>, twin_if<nn::ReLU, QuantizedReLU>,
                     twin_if<nn::ReLU6, QuantizedReLU6>, twin_if<nn::Hardswish, QuantizedHardswish>,
+                    twin_if<nn::Sigmoid, QuantizedSigmoid>, twin_if<nn::SiLU, QuantizedSiLU>,
+                    twin_if<nn::Hardsigmoid, QuantizedHardsigmoid>,
+                    twin_if<nn::ChannelShuffle, QuantizedChannelShuffle>,
                     twin_if<nn::MaxPool2d, QuantizedMaxPool2d>,
                     twin_if<nn::AvgPool2d, QuantizedAvgPool2d>,
                     twin_if<nn::AdaptiveAvgPool2d, QuantizedAdaptiveAvgPool2d>,
@@ -314,6 +317,8 @@ std::string uint8_refusal(nn::Module& m, const std::vector<TraceCall>& calls) {
   if (dynamic_cast<QuantizedAdd*>(&m) || dynamic_cast<QuantizedMul*>(&m) ||
       dynamic_cast<QuantizedCat*>(&m) || dynamic_cast<QuantizedReLU*>(&m) ||
       dynamic_cast<QuantizedReLU6*>(&m) || dynamic_cast<QuantizedHardswish*>(&m) ||
+      dynamic_cast<QuantizedSigmoid*>(&m) || dynamic_cast<QuantizedSiLU*>(&m) ||
+      dynamic_cast<QuantizedHardsigmoid*>(&m) || dynamic_cast<QuantizedChannelShuffle*>(&m) ||
       dynamic_cast<QuantizedMaxPool2d*>(&m) || dynamic_cast<QuantizedAvgPool2d*>(&m) ||
       dynamic_cast<QuantizedAdaptiveAvgPool2d*>(&m) || dynamic_cast<QuantizedFlatten*>(&m) ||
       dynamic_cast<DeQuantStub*>(&m))
@@ -457,7 +462,8 @@ void plan_flow(nn::Module& model, const ConvertOptions& o, ConversionReport& rep
     bool emitter = e && ((dynamic_cast<Quantize*>(e) &&
                           static_cast<Quantize*>(e)->qmin == 0 &&
                           static_cast<Quantize*>(e)->qmax == 255) ||
-                         dynamic_cast<QuantizedMaxPool2d*>(e) || dynamic_cast<QuantizedFlatten*>(e));
+                         dynamic_cast<QuantizedMaxPool2d*>(e) || dynamic_cast<QuantizedFlatten*>(e) ||
+                         dynamic_cast<QuantizedChannelShuffle*>(e));
     if (!emitter) continue;
     if (!refusal.count(e)) order.push_back(e), refusal[e] = "";
     if (!refusal[e].empty()) continue;
@@ -488,6 +494,7 @@ void plan_flow(nn::Module& model, const ConvertOptions& o, ConversionReport& rep
     if (auto* q = dynamic_cast<Quantize*>(e)) q->emit_uint8 = u8;
     if (auto* p = dynamic_cast<QuantizedMaxPool2d*>(e)) p->emit_uint8 = u8;
     if (auto* f = dynamic_cast<QuantizedFlatten*>(e)) f->emit_uint8 = u8;
+    if (auto* c = dynamic_cast<QuantizedChannelShuffle*>(e)) c->emit_uint8 = u8;
     if (u8) {
       report.uint8_outputs++;
     } else {

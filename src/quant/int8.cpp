@@ -209,6 +209,27 @@ std::optional<QGrid> output_grid_of(const nn::Module& m) {
 
 namespace {
 
+// n contiguous floats onto the grid, written `out_stride` bytes apart; returns whether any was
+// off the grid. The levels go through a small buffer so that the arithmetic runs on vectors
+// (a strided byte store in the same loop kept it scalar).
+int quantize_row(const float* x, uint8_t* out, int64_t out_stride, int64_t n, float inv, float zpf,
+                 float scale) {
+  int bad = 0;
+  uint8_t q8[256];
+  for (int64_t i0 = 0; i0 < n; i0 += 256) {
+    int64_t m = std::min<int64_t>(256, n - i0);
+#pragma omp simd reduction(| : bad)
+    for (int64_t i = 0; i < m; i++) {
+      float v = x[i0 + i];
+      float q = std::min(std::max(std::nearbyintf(v * inv) + zpf, 0.0f), 255.0f);
+      bad |= (int)((q - zpf) * scale != v);
+      q8[i] = (uint8_t)(int32_t)q;
+    }
+    for (int64_t i = 0; i < m; i++) out[(i0 + i) * out_stride] = q8[i];
+  }
+  return bad;
+}
+
 bool quantize_nhwc(const Tensor& x, int64_t N, int64_t C, int64_t H, int64_t W, Strides4 s,
                    QGrid g, uint8_t* out, bool exact) {
   const float* xp = x.data<float>();
@@ -236,13 +257,11 @@ bool quantize_nhwc(const Tensor& x, int64_t N, int64_t C, int64_t H, int64_t W, 
       uint8_t* orow = out + (n * H + h) * W * C;
       for (int64_t c = 0; c < C; c++) { // a row of one channel: reads along w (NCHW: contiguous)
         const float* xr = xp + n * s.n + c * s.c + h * s.h;
-#pragma omp simd reduction(| : row_bad)
-        for (int64_t w = 0; w < W; w++) {
-          float v = xr[w * s.w];
-          float q = std::min(std::max(std::nearbyintf(v * inv) + zpf, 0.0f), 255.0f);
-          row_bad |= (int)((q - zpf) * scale != v);
-          orow[w * C + c] = (uint8_t)(int32_t)q;
-        }
+        if (s.w == 1) // the usual NCHW input: a contiguous loop the compiler vectorises
+          row_bad |= quantize_row(xr, orow + c, C, W, inv, zpf, scale);
+        else
+          for (int64_t w = 0; w < W; w++)
+            row_bad |= quantize_row(xr + w * s.w, orow + w * C + c, 1, 1, inv, zpf, scale);
       }
       if (row_bad) ok = false;
     }
@@ -591,6 +610,24 @@ Tensor adaptive_avg_pool2d_forward(const nn::Module& m, const Tensor& x, int64_t
     return Tensor();
   int64_t kh = x.size(2) / oh, kw = x.size(3) / ow;
   return avg_pool2d_forward(m, x, {.kernel_h = kh, .kernel_w = kw, .stride_h = kh, .stride_w = kw});
+}
+
+// channel_shuffle on N×H×W×C levels: output channel j*g + i is input channel i*c + j (C = g*c),
+// within each pixel's row of C bytes.
+Tensor channel_shuffle_forward(const Tensor& x, int64_t groups) {
+  std::optional<QGrid> gx = activation_grid(x);
+  if (!gx || x.dim() != 4 || x.device() != kCPU || groups < 1 || x.size(1) % groups != 0)
+    return Tensor();
+  Tensor a = dense_activation(x, *gx);
+  int64_t C = a.size(1), c = C / groups, P = a.size(0) * a.size(2) * a.size(3);
+  Tensor y = new_activation(a.shape(), *gx);
+  const uint8_t* xp = a.data<uint8_t>();
+  uint8_t* yp = y.data<uint8_t>();
+#pragma omp parallel for schedule(static) if (P * C > kParallelMin)
+  for (int64_t p = 0; p < P; p++)
+    for (int64_t i = 0; i < groups; i++)
+      for (int64_t j = 0; j < c; j++) yp[p * C + j * groups + i] = xp[p * C + i * c + j];
+  return y;
 }
 
 } // namespace int8

@@ -63,5 +63,8 @@ Tensor activation_forward(const nn::Module& m, kernels::QActivation kind, const 
 Tensor max_pool2d_forward(const Tensor& x, const Pool2dParams& p);
 Tensor avg_pool2d_forward(const nn::Module& m, const Tensor& x, const Pool2dParams& p);
 Tensor adaptive_avg_pool2d_forward(const nn::Module& m, const Tensor& x, int64_t oh, int64_t ow);
+// The channel shuffle of a 4-D uint8 activation: a permutation of each pixel's channels, same
+// grid (undefined when x is not a 4-D uint8 activation or groups does not divide its channels).
+Tensor channel_shuffle_forward(const Tensor& x, int64_t groups);
 
 } // namespace tb::quant::int8

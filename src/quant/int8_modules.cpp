@@ -64,6 +64,30 @@ Tensor QuantizedHardswish::forward(const Tensor& x) {
   return nn::Hardswish::forward(dequantize(x));
 }
 
+Tensor QuantizedSigmoid::forward(const Tensor& x) {
+  if (Tensor y = int8::activation_forward(*this, kernels::QActivation::Sigmoid, x); y.defined())
+    return y;
+  return nn::Sigmoid::forward(dequantize(x));
+}
+
+Tensor QuantizedSiLU::forward(const Tensor& x) {
+  if (Tensor y = int8::activation_forward(*this, kernels::QActivation::SiLU, x); y.defined())
+    return y;
+  return nn::SiLU::forward(dequantize(x));
+}
+
+Tensor QuantizedHardsigmoid::forward(const Tensor& x) {
+  if (Tensor y = int8::activation_forward(*this, kernels::QActivation::Hardsigmoid, x);
+      y.defined())
+    return y;
+  return nn::Hardsigmoid::forward(dequantize(x));
+}
+
+Tensor QuantizedChannelShuffle::forward(const Tensor& x) {
+  if (Tensor y = int8::channel_shuffle_forward(x, groups); y.defined()) return emit(y, emit_uint8);
+  return nn::ChannelShuffle::forward(dequantize(x));
+}
+
 Tensor QuantizedMaxPool2d::forward(const Tensor& x) {
   if (Tensor y = int8::max_pool2d_forward(x, params); y.defined()) return emit(y, emit_uint8);
   return nn::MaxPool2d::forward(dequantize(x));

@@ -72,7 +72,8 @@ Role role(nn::Module& m) {
   std::string t = m.type_name();
   if (dynamic_cast<nn::Identity*>(&m) || dynamic_cast<nn::Flatten*>(&m) ||
       dynamic_cast<nn::Dropout*>(&m) || dynamic_cast<nn::MaxPool2d*>(&m) ||
-      dynamic_cast<DeQuantStub*>(&m) || t == "ChannelShuffle" || t == "StochasticDepth")
+      dynamic_cast<nn::ChannelShuffle*>(&m) || dynamic_cast<DeQuantStub*>(&m) ||
+      t == "StochasticDepth")
     return Role::PassThrough;
   if (!m.named_children().empty()) return Role::Container;
   return Role::Unknown;
