@@ -61,6 +61,7 @@ struct CpuPlan : ConvInferPlan {
   memory::desc src, weights, bias, dst, scratchpad;
   on::Reorder src_reorder;                 // user x -> NHWC (a no-op for NHWC x)
   std::unique_ptr<on::Buffer> w_buf, b_buf; // weights in the primitive's layout; bias copy
+  std::unique_ptr<on::Bound> bound;         // the primitive with its argument memories
 };
 
 // position: which of oneDNN's implementations to use (see on::fastest_impl); -1 = the fastest.
@@ -129,6 +130,11 @@ std::shared_ptr<ConvInferPlan> prepare_at(const ConvInferDesc& d, const float* w
     p->b_buf = std::make_unique<on::Buffer>(g.O * sizeof(float));
     std::memcpy(p->b_buf->data(), b, g.O * sizeof(float));
   }
+  p->bound = std::make_unique<on::Bound>(p->prim, p->scratchpad);
+  p->bound->bind(DNNL_ARG_SRC, p->src);
+  p->bound->bind(DNNL_ARG_DST, p->dst);
+  p->bound->bind(DNNL_ARG_WEIGHTS, p->weights, p->w_buf->data());
+  if (p->b_buf) p->bound->bind(DNNL_ARG_BIAS, p->bias, p->b_buf->data());
   return p;
 }
 
@@ -148,12 +154,8 @@ void cpu_run(const ConvInferPlan& plan, const float* x, const float* r, float* y
       std::memcpy(y + i, r + i, (size_t)std::min(chunk, n - i) * sizeof(float));
   }
   std::optional<on::Buffer> x_tmp;
-  std::unordered_map<int, memory> args{
-      {DNNL_ARG_SRC, p.src_reorder.input(x, x_tmp)},
-      {DNNL_ARG_WEIGHTS, p.w_buf->memory(p.weights)},
-      {DNNL_ARG_DST, memory(p.dst, on::engine(), y)}};
-  if (p.b_buf) args[DNNL_ARG_BIAS] = p.b_buf->memory(p.bias);
-  on::execute(p.prim, p.scratchpad, std::move(args));
+  const void* xs = p.src_reorder.needed ? p.src_reorder.input(x, x_tmp).get_data_handle() : x;
+  p.bound->run({{DNNL_ARG_SRC, xs}, {DNNL_ARG_DST, y}});
 }
 
 } // namespace

@@ -54,6 +54,33 @@ void execute(const dnnl::primitive& prim, const dnnl::memory::desc& scratchpad_m
   stream().wait();
 }
 
+Bound::Bound(const dnnl::primitive& prim, const dnnl::memory::desc& scratchpad_md) : prim_(prim) {
+  if (scratchpad_md.get_size() > 0) {
+    scratch_ = std::make_unique<Buffer>(scratchpad_md.get_size());
+    args_.push_back({DNNL_ARG_SCRATCHPAD, scratch_->memory(scratchpad_md)});
+  }
+}
+
+void Bound::bind(int arg, const dnnl::memory::desc& md, const void* data) {
+  args_.push_back({arg, dnnl::memory(md, engine(), const_cast<void*>(data))});
+}
+
+void Bound::run(std::initializer_list<std::pair<int, const void*>> data) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  dnnl_exec_arg_t c_args[16];
+  TB_CHECK(args_.size() <= 16, "onednn::Bound: {} arguments, at most 16", args_.size());
+  int n = 0;
+  for (const auto& [arg, mem] : args_) {
+    for (const auto& [a, ptr] : data)
+      if (a == arg) const_cast<dnnl::memory&>(mem).set_data_handle(const_cast<void*>(ptr));
+    c_args[n++] = {arg, mem.get()};
+  }
+  // The C call: the C++ one takes an unordered_map (allocations per call).
+  dnnl::error::wrap_c_api(dnnl_primitive_execute(prim_.get(), stream().get(), n, c_args),
+                          "could not execute a primitive");
+  stream().wait();
+}
+
 Reorder::Reorder(const dnnl::memory::desc& from_, const dnnl::memory::desc& to_)
     : needed(from_ != to_), from(from_), to(to_) {
   if (!needed) return;

@@ -158,19 +158,20 @@ void cpu_qconv2d(const Conv2dGeom& g, const uint8_t* x, const int8_t* w, const R
   run_entry(e, g, x, e.weights.input(w, w_tmp), r, y);
 }
 
-// The plan: the cached primitive and the weights reordered once into a buffer it owns.
+// The plan: the cached primitive, the weights reordered once into a buffer it owns, copies of
+// the bias and zero points, and the primitive's argument memories made once (on::Bound).
 struct CpuQConvPlan : QConvPlan {
-  const QConvEntry* entry = nullptr;
-  Conv2dGeom g;
   std::unique_ptr<on::Buffer> weights;
+  std::vector<int32_t> bias;
+  int32_t zps[2] = {0, 0};
+  std::unique_ptr<on::Bound> bound;
 };
 
 std::shared_ptr<const QConvPlan> cpu_prepare_qconv2d(const Conv2dGeom& g, const int8_t* w,
                                                      const Requant& r) {
   auto p = std::make_shared<CpuQConvPlan>();
-  p->entry = &qconv_entry(g, r);
-  p->g = g;
-  const on::Reorder& ro = p->entry->weights;
+  const QConvEntry& e = qconv_entry(g, r);
+  const on::Reorder& ro = e.weights;
   p->weights = std::make_unique<on::Buffer>(ro.to.get_size());
   memory dst = p->weights->memory(ro.to);
   if (ro.needed)
@@ -178,12 +179,29 @@ std::shared_ptr<const QConvPlan> cpu_prepare_qconv2d(const Conv2dGeom& g, const 
                 {{DNNL_ARG_FROM, memory(ro.from, on::engine(), mut(w))}, {DNNL_ARG_TO, dst}});
   else
     std::memcpy(p->weights->data(), w, ro.to.get_size());
+  p->zps[0] = r.in_zp;
+  p->zps[1] = r.out_zp;
+  p->bound = std::make_unique<on::Bound>(e.prim, e.scratchpad);
+  p->bound->bind(DNNL_ARG_SRC, e.src);
+  p->bound->bind(DNNL_ARG_DST, e.dst);
+  p->bound->bind(DNNL_ARG_WEIGHTS, ro.to, p->weights->data());
+  if (r.bias) {
+    p->bias.assign(r.bias, r.bias + g.O);
+    p->bound->bind(DNNL_ARG_BIAS, e.bias, p->bias.data());
+  }
+  p->bound->bind(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, memory::desc({1}, dt::s32, tag::x),
+                &p->zps[0]);
+  p->bound->bind(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, memory::desc({1}, dt::s32, tag::x),
+                &p->zps[1]);
   return p;
 }
 
 void cpu_run_qconv2d(const QConvPlan& plan, const uint8_t* x, const Requant& r, uint8_t* y) {
   const auto& p = dynamic_cast<const CpuQConvPlan&>(plan);
-  run_entry(*p.entry, p.g, x, p.weights->memory(p.entry->weights.to), r, y);
+  TB_CHECK(r.in_zp == p.zps[0] && r.out_zp == p.zps[1],
+           "qconv2d: the plan was made for zero points {} / {}, run with {} / {}", p.zps[0],
+           p.zps[1], r.in_zp, r.out_zp);
+  p.bound->run({{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, y}});
 }
 
 } // namespace

@@ -209,63 +209,73 @@ std::optional<QGrid> output_grid_of(const nn::Module& m) {
 
 namespace {
 
-// n contiguous floats onto the grid, written `out_stride` bytes apart; returns whether any was
-// off the grid. The levels go through a small buffer so that the arithmetic runs on vectors
-// (a strided byte store in the same loop kept it scalar).
-int quantize_row(const float* x, uint8_t* out, int64_t out_stride, int64_t n, float inv, float zpf,
-                 float scale) {
+// Elements [i0, i1) of contiguous floats onto the grid (grid as values: see
+// kernels/cpu/qelementwise.cpp, add_range); returns whether any was off the grid.
+int quantize_range(const float* x, uint8_t* out, int64_t i0, int64_t i1, float inv, float zpf,
+                   float scale) {
   int bad = 0;
-  uint8_t q8[256];
-  for (int64_t i0 = 0; i0 < n; i0 += 256) {
-    int64_t m = std::min<int64_t>(256, n - i0);
 #pragma omp simd reduction(| : bad)
-    for (int64_t i = 0; i < m; i++) {
-      float v = x[i0 + i];
-      float q = std::min(std::max(std::nearbyintf(v * inv) + zpf, 0.0f), 255.0f);
-      bad |= (int)((q - zpf) * scale != v);
-      q8[i] = (uint8_t)(int32_t)q;
-    }
-    for (int64_t i = 0; i < m; i++) out[(i0 + i) * out_stride] = q8[i];
+  for (int64_t i = i0; i < i1; i++) {
+    float v = x[i];
+    float q = std::min(std::max(std::nearbyintf(v * inv) + zpf, 0.0f), 255.0f);
+    bad |= (int)((q - zpf) * scale != v);
+    out[i] = (uint8_t)(int32_t)q;
   }
+  return bad;
+}
+
+// n contiguous floats, in parallel when n is large.
+int quantize_flat(const float* x, uint8_t* out, int64_t n, QGrid g) {
+  float inv = 1.0f / g.scale, zpf = (float)g.zp, scale = g.scale;
+  int64_t chunks = n > kParallelMin ? omp_get_max_threads() : 1;
+  int bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; c++)
+    bad |= quantize_range(x, out, n * c / chunks, n * (c + 1) / chunks, inv, zpf, scale);
   return bad;
 }
 
 bool quantize_nhwc(const Tensor& x, int64_t N, int64_t C, int64_t H, int64_t W, Strides4 s,
                    QGrid g, uint8_t* out, bool exact) {
   const float* xp = x.data<float>();
-  float inv = 1.0f / g.scale, zpf = (float)g.zp, scale = g.scale;
-  bool dense_nhwc = (C == 1 || s.c == 1) && (H == 1 || s.h == W * C) && (W == 1 || s.w == C) &&
-                    (N == 1 || s.n == H * W * C);
-  if (dense_nhwc) { // the usual case (a carrier from an integer layer): one flat loop
-    int64_t n = N * H * W * C;
-    int bad = 0;
-#pragma omp parallel for simd reduction(| : bad) schedule(static) if (n > kParallelMin)
-    for (int64_t i = 0; i < n; i++) {
-      float v = xp[i];
-      float q = std::min(std::max(std::nearbyintf(v * inv) + zpf, 0.0f), 255.0f);
-      bad |= (int)((q - zpf) * scale != v);
-      out[i] = (uint8_t)(int32_t)q;
-    }
-    return !exact || bad == 0;
+  // Whether x has strides `want` (a size-1 dimension may have any stride).
+  auto strides_are = [&](Strides4 want) {
+    return (N == 1 || s.n == want.n) && (C == 1 || s.c == want.c) && (H == 1 || s.h == want.h) &&
+           (W == 1 || s.w == want.w);
+  };
+  int64_t P = H * W;
+  // The usual case (a carrier from an integer layer, NHWC): one flat loop.
+  if (strides_are({.n = P * C, .c = 1, .h = W * C, .w = C}))
+    return quantize_flat(xp, out, N * P * C, g) == 0 || !exact;
+  // An NCHW input (a model's first layer): the flat loop into NCHW levels, then a byte transpose
+  // of each image [C, H*W] -> [H*W, C].
+  if (strides_are({.n = C * P, .c = P, .h = W, .w = 1})) {
+    Tensor tmp = empty({N * C * P}, TensorOptions(kUInt8));
+    uint8_t* t = tmp.data<uint8_t>();
+    int bad = quantize_flat(xp, t, N * C * P, g);
+    // Blocks of 256 pixels, so that each thread writes its own cache lines.
+    const int64_t B = 256, blocks = (P + B - 1) / B;
+#pragma omp parallel for collapse(2) schedule(static) if (N * C * P > kParallelMin)
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t b = 0; b < blocks; b++)
+        for (int64_t c = 0; c < C; c++) {
+          const uint8_t* src = t + (n * C + c) * P;
+          uint8_t* dst = out + n * P * C + c;
+          for (int64_t p = b * B; p < std::min(P, (b + 1) * B); p++) dst[p * C] = src[p];
+        }
+    return bad == 0 || !exact;
   }
-  std::atomic<bool> ok{true};
-#pragma omp parallel for collapse(2) schedule(static) if (N * H * W * C > kParallelMin)
+  // Any other strides: one element at a time.
+  float inv = 1.0f / g.scale, zpf = (float)g.zp, scale = g.scale;
+  int bad = 0;
   for (int64_t n = 0; n < N; n++)
-    for (int64_t h = 0; h < H; h++) {
-      if (exact && !ok.load(std::memory_order_relaxed)) continue; // already off this grid
-      int row_bad = 0;
-      uint8_t* orow = out + (n * H + h) * W * C;
-      for (int64_t c = 0; c < C; c++) { // a row of one channel: reads along w (NCHW: contiguous)
-        const float* xr = xp + n * s.n + c * s.c + h * s.h;
-        if (s.w == 1) // the usual NCHW input: a contiguous loop the compiler vectorises
-          row_bad |= quantize_row(xr, orow + c, C, W, inv, zpf, scale);
-        else
-          for (int64_t w = 0; w < W; w++)
-            row_bad |= quantize_row(xr + w * s.w, orow + w * C + c, 1, 1, inv, zpf, scale);
-      }
-      if (row_bad) ok = false;
-    }
-  return !exact || ok;
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t w = 0; w < W; w++)
+        for (int64_t c = 0; c < C; c++) {
+          float v = xp[n * s.n + c * s.c + h * s.h + w * s.w];
+          bad |= quantize_range(&v, out + ((n * H + h) * W + w) * C + c, 0, 1, inv, zpf, scale);
+        }
+  return bad == 0 || !exact;
 }
 
 // Tries the tagged grid, the recorded one, then those of the last Quantize outputs (a tensor that
