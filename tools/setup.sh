@@ -31,3 +31,4 @@ if ((${#missing[@]})); then
 else
   echo "setup: all packages present"
 fi
+if [[ ${1:-} == --torch ]]; then echo "setup: optional, ONNX Runtime for tools/bench_infer_compare.sh (needs node, npm): cd tools/onnxruntime && ONNXRUNTIME_NODE_INSTALL=skip npm install"; fi
