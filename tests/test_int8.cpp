@@ -126,7 +126,7 @@ Twins convert_twins(nn::ModulePtr float_model, const Shape& input, int batches,
                     bool uint8_flow = true) {
   randomise_bn(*float_model, 12);
   float_model->eval();
-  q::fuse_modules(*float_model, q::find_fusable_groups(*float_model));
+  q::fuse_modules(*float_model, q::find_fusable_groups(*float_model, input));
   auto model = std::make_shared<q::QuantWrapper>(float_model);
   q::prepare(*model);
   Generator g(7);
@@ -257,6 +257,11 @@ TEST_CASE("integer conv: oneDNN u8 x s8 equals the reference loops (geometry, ze
       // Shapes where oneDNN picks its AMX kernels (3x3 and 1x1; ONEDNN_VERBOSE=1 shows them).
       {2, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1, true, A::ReLU, 7, 0, 0.0005f},
       {2, 32, 9, 9, 192, 1, 1, 1, 0, 1, 1, true, A::Clip, 250, 5, 0.001f},
+      // More depthwise: 5x5, stride 2, dilation 2, zero points at the ends, channel counts that
+      // are not multiples of 16.
+      {1, 24, 9, 11, 24, 5, 5, 1, 2, 1, 24, true, A::Clip, 255, 0, 0.01f},
+      {2, 40, 8, 8, 40, 3, 3, 2, 1, 1, 40, false, A::ReLU, 0, 255, 0.02f},
+      {1, 17, 7, 7, 17, 3, 3, 1, 2, 2, 17, true, A::None, 128, 3, 0.004f},
       // MobileNetV2's narrow 1x1s (AMX first in oneDNN's list, VNNI brgconv_1x1 second).
       {1, 16, 12, 12, 96, 1, 1, 1, 0, 1, 1, true, A::Clip, 0, 0, 0.003f},
       {1, 96, 7, 7, 24, 1, 1, 1, 0, 1, 1, true, A::None, 0, 128, 0.003f},
@@ -688,8 +693,9 @@ TEST_CASE("the zoo (small input): uint8 activations between integer layers, each
   // `float_inputs`: how many integer layers may get a float carrier: those after a functional op.
   // `twins`: whether the model has sigmoid / silu / hardsigmoid / channel shuffle modules (their
   // integer twins must all run on uint8 and hand uint8 on). `float_outputs`: the module outputs
-  // that stay float (-1: not checked): MobileNetV3's none, ShuffleNetV2's last conv (read by the
-  // functional mean).
+  // that stay float (-1: not checked): ResNet-18's none (its blocks' conv/BN pairs are fused, found
+  // from the data flow), MobileNetV3's none, ShuffleNetV2's last conv (read by the functional
+  // mean).
   struct Z {
     const char* name;
     std::set<std::string> off_grid;
@@ -697,7 +703,7 @@ TEST_CASE("the zoo (small input): uint8 activations between integer layers, each
     bool twins;
     int float_outputs;
   };
-  std::vector<Z> zoo = {{"resnet18", {}, 0, false, -1},
+  std::vector<Z> zoo = {{"resnet18", {}, 0, false, 0},
                         {"mobilenet_v1", {}, 0, false, 0},
                         {"mobilenet_v3_small", {}, 0, true, 0},
                         {"shufflenet_v2_x0_5", {"module.fc"}, 1, true, 1},

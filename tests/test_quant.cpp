@@ -551,6 +551,42 @@ TEST_CASE("PTQ on a Sequential: prepare, calibrate, convert; int8 weights; repor
   CHECK(max_abs_diff(yq, yf) < 0.1 * (1 + max_abs_diff(yf, zeros_like(yf))));
 }
 
+TEST_CASE("find_fusable_groups from the data flow: ResNet blocks' conv/BN pairs, never a shared ReLU") {
+  manual_seed(11);
+  auto net = models::create("resnet18", {.num_classes = 10, .small_input = true, .in_channels = 1});
+  randomise_bn(*net, 5);
+  net->train(); // the trace must not move BN statistics, and must leave the modes as they were
+  net->get_submodule("layer1.0").eval();
+  Tensor rm = net->get_submodule("layer2.0.bn1").get("running_mean").clone();
+  auto groups = q::find_fusable_groups(*net, {2, 1, 28, 28});
+  CHECK(net->is_training());
+  CHECK_FALSE(net->get_submodule("layer1.0").is_training());
+  CHECK(net->get_submodule("layer1.1").is_training());
+  CHECK(allclose(net->get_submodule("layer2.0.bn1").get("running_mean"), rm));
+  // 20 convs, each with its BN: the stem (with its ReLU, called once), conv1/bn1 and conv2/bn2 of
+  // 8 blocks and 3 downsamples; the blocks' ReLU is called twice and stays out.
+  std::set<std::vector<std::string>> got(groups.begin(), groups.end());
+  CHECK(groups.size() == 20);
+  CHECK(got.count({"conv1", "bn1", "relu"}));
+  CHECK(got.count({"layer1.0.conv1", "layer1.0.bn1"}));
+  CHECK(got.count({"layer3.1.conv2", "layer3.1.bn2"}));
+  CHECK(got.count({"layer2.0.downsample.0", "layer2.0.downsample.1"}));
+  for (const auto& g : groups) CHECK(g.back().find(".relu") == std::string::npos);
+  // The tree rule sees only the downsample Sequentials' pairs.
+  CHECK(q::find_fusable_groups(*net).size() == 3);
+  // Fused in eval: the same function.
+  net->eval();
+  auto fused = nn::clone(*net);
+  q::fuse_modules(*fused, groups);
+  Tensor x = randn({2, 1, 28, 28});
+  no_grad ng;
+  Tensor y0 = (*net)(x), y1 = (*fused)(x);
+  CHECK(max_abs_diff(y0, y1) < 1e-4 * (1 + max_abs_diff(y0, zeros_like(y0))));
+  // The CNN (a Sequential): the same groups as the tree rule.
+  auto cnn = models::create("cnn", {.num_classes = 10, .in_channels = 1});
+  CHECK(q::find_fusable_groups(*cnn, {1, 1, 28, 28}) == q::find_fusable_groups(*cnn));
+}
+
 TEST_CASE("converted model equals the fake-quant (QAT) model in eval") {
   auto net = small_cnn();
   randomise_bn(*net, 4);

@@ -207,14 +207,7 @@ void profile(const std::string& name, int64_t batch, int runs, bool keep_faster)
   nn::ModulePtr net = is_cnn ? cnn() : models::create(name, {});
   Shape input = is_cnn ? Shape{batch, 1, 28, 28} : Shape{batch, 3, 224, 224};
   net->eval();
-  auto groups = quant::find_fusable_groups(*net);
-  for (auto& [path, m] : net->named_modules()) // ResNet blocks: convK + bnK (as tb bench)
-    for (int k = 1; k <= 3; k++) {
-      std::string c = "conv" + std::to_string(k), b = "bn" + std::to_string(k);
-      std::string pre = path.empty() ? "" : path + ".";
-      if (m->has_child(c) && m->has_child(b) && dynamic_cast<nn::Conv2d*>(m->child(c).get()))
-        groups.push_back({pre + c, pre + b});
-    }
+  auto groups = quant::find_fusable_groups(*net, input); // from the data flow (as tb bench)
   quant::fuse_modules(*net, groups);
   auto model = std::make_shared<quant::QuantWrapper>(net);
   quant::prepare(*model);

@@ -30,7 +30,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -113,28 +112,6 @@ struct BenchOptions {
   bool no_optimize = false; // fp32: the model as built (eval mode), for before/after figures
   bool keep_faster = false; // int8: convert keeps float where int8 is not faster (timed)
 };
-
-// int8: find_fusable_groups (the conv-BN-act runs of Sequentials) plus the conv/BN pairs of the
-// ResNet blocks, which sit in a block's forward, not a Sequential: "<p>.convK" + "<p>.bnK" and
-// the downsample's "0" + "1". The ReLU stays a module (a block calls it twice; as a
-// QuantizedReLU it is a table lookup on uint8).
-std::vector<std::vector<std::string>> int8_fusion_groups(tb::nn::Module& m) {
-  auto groups = q::find_fusable_groups(m);
-  std::set<std::string> grouped;
-  for (const auto& g : groups)
-    for (const auto& p : g) grouped.insert(p);
-  for (auto& [path, mod] : m.named_modules()) {
-    std::string pre = path.empty() ? "" : path + ".";
-    for (int k = 1; k <= 3; k++) {
-      std::string c = "conv" + std::to_string(k), b = "bn" + std::to_string(k);
-      if (mod->has_child(c) && mod->has_child(b) &&
-          dynamic_cast<tb::nn::Conv2d*>(mod->child(c).get()) &&
-          dynamic_cast<tb::nn::BatchNorm2d*>(mod->child(b).get()) && !grouped.count(pre + c))
-        groups.push_back({pre + c, pre + b});
-    }
-  }
-  return groups;
-}
 
 // "3x224x224" -> {3, 224, 224}; tb::Error otherwise.
 tb::Shape parse_chw(const std::string& s) {
@@ -283,9 +260,11 @@ int bench(int argc, char** argv) {
   } else {
     auto qm = std::make_shared<q::QuantWrapper>(model->clone());
     qm->eval();
-    q::fuse_modules(*qm, int8_fusion_groups(*qm));
-    q::ConversionReport qr;
     tb::Shape in_shape{o.batch, chw[0], chw[1], chw[2]};
+    // The conv-BN(-ReLU) groups from the data flow (a ResNet block's conv/BN pairs too; its ReLU,
+    // called twice, stays a module: a table lookup on uint8 as a QuantizedReLU).
+    q::fuse_modules(*qm, q::find_fusable_groups(*qm, in_shape));
+    q::ConversionReport qr;
     if (ckpt_stage == "converted") {
       q::prepare(*qm);
       qr = q::convert(*qm, {.allow_uncalibrated = true, .input_shape = in_shape,

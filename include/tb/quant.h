@@ -619,6 +619,15 @@ void fuse_modules_qat(nn::Module& model, const std::vector<std::vector<std::stri
 // Every conv/BN(/ReLU|ReLU6) and linear/ReLU run of consecutive children of a Sequential found in
 // the tree (e.g. each ConvBNAct of the zoo, the CNN's conv-bn-relu), as groups for fuse_modules.
 std::vector<std::vector<std::string>> find_fusable_groups(nn::Module& model);
+// The same groups found from the data flow, wherever the modules sit (a ResNet block's
+// conv1/bn1, its downsample's conv/BN): runs the model once on random data of `input_shape`
+// (eval mode and no_grad, each module's mode restored after) and groups a Conv2d with the
+// BatchNorm2d that alone reads its output (and the ReLU|ReLU6 that alone reads the BN's), or a
+// Conv2d / Linear with the activation that alone reads its output. Every module of a group must
+// be called once: a block's ReLU called twice is left out. Code in a forward that reads a
+// module's output outside any module is not seen (fusing would change what it reads).
+std::vector<std::vector<std::string>> find_fusable_groups(nn::Module& model,
+                                                          const Shape& input_shape);
 
 // =============================================================================================
 // 6. QConfig, prepare, convert (src/quant/qconfig.cpp, src/quant/convert.cpp)

@@ -246,66 +246,6 @@ void convert_visit(nn::Module& parent, const std::string& prefix, const ConvertO
 
 // ---- the uint8 flow ---------------------------------------------------------------------------------
 
-// One module call seen by the trace: the storages it read and the one it returned, as ids
-// (a storage freed during the pass may have its address reused by a later one: ids tell them
-// apart without keeping every activation alive).
-using StorageId = int64_t;
-struct TraceCall {
-  nn::Module* module;
-  std::vector<StorageId> inputs;
-  StorageId output;
-  Shape input_shape;
-};
-
-struct StorageIds {
-  std::map<const Storage*, std::pair<std::weak_ptr<Storage>, StorageId>> ids;
-  StorageId next = 1;
-  StorageId of(const Tensor& t) {
-    if (!t.defined()) return 0;
-    auto it = ids.find(t.storage().get());
-    if (it != ids.end() && it->second.first.lock() == t.storage()) return it->second.second;
-    ids[t.storage().get()] = {t.storage(), next};
-    return next++;
-  }
-};
-
-// Runs `model` once on random data of `shape` with a recording hook on every module.
-std::vector<TraceCall> trace(nn::Module& model, const Shape& shape) {
-  std::vector<TraceCall> calls;
-  std::vector<nn::HookHandle> hooks;
-  StorageIds ids;
-  for (nn::Module* m : model.modules()) {
-    bool dequant = dynamic_cast<DeQuantStub*>(m) != nullptr;
-    hooks.push_back(m->register_forward_hook(
-        [&calls, &ids, dequant](nn::Module& mod, const std::vector<Tensor>& in, const Tensor& y) {
-          TraceCall c{&mod, {}, 0, in.empty() ? Shape{} : in[0].shape()};
-          for (const Tensor& t : in)
-            if (t.defined()) c.inputs.push_back(ids.of(t));
-          // A DeQuantStub makes a new float tensor from a uint8 one: so in the trace too, so that
-          // the model's output is not mistaken for its input.
-          Tensor out = dequant && y.defined() ? y.clone() : y;
-          c.output = ids.of(out);
-          calls.push_back(std::move(c));
-          return out;
-        }));
-  }
-  Tensor out;
-  {
-    no_grad ng;
-    Generator g(0);
-    try {
-      out = model(randn(shape, {}, &g));
-    } catch (...) {
-      for (auto& h : hooks) h.remove();
-      throw;
-    }
-  }
-  for (auto& h : hooks) h.remove();
-  // The root's own call is last; its output is read by the caller.
-  calls.push_back({nullptr, {ids.of(out)}, 0, {}});
-  return calls;
-}
-
 // Whether module m takes uint8 activations (the integer layers and twins, DeQuantStub), with
 // the reason when not. Identity and Dropout pass their input on (the trace saw the same
 // storage come out), so their readers are the input's readers.
@@ -626,5 +566,61 @@ void load(nn::Module& model, const std::string& path) {
            "(prepare / prepare_qat / convert it the same way first)", path, it->second, want);
   model.load_state_dict(f.tensors);
 }
+
+namespace walk {
+
+namespace {
+struct StorageIds {
+  std::map<const Storage*, std::pair<std::weak_ptr<Storage>, StorageId>> ids;
+  StorageId next = 1;
+  StorageId of(const Tensor& t) {
+    if (!t.defined()) return 0;
+    auto it = ids.find(t.storage().get());
+    if (it != ids.end() && it->second.first.lock() == t.storage()) return it->second.second;
+    ids[t.storage().get()] = {t.storage(), next};
+    return next++;
+  }
+};
+
+} // namespace
+
+std::vector<TraceCall> trace(nn::Module& model, const Shape& shape) {
+  std::vector<TraceCall> calls;
+  std::vector<nn::HookHandle> hooks;
+  StorageIds ids;
+  for (nn::Module* m : model.modules()) {
+    bool dequant = dynamic_cast<DeQuantStub*>(m) != nullptr;
+    hooks.push_back(m->register_forward_hook(
+        [&calls, &ids, dequant](nn::Module& mod, const std::vector<Tensor>& in, const Tensor& y) {
+          TraceCall c{&mod, {}, 0, in.empty() ? Shape{} : in[0].shape()};
+          for (const Tensor& t : in)
+            if (t.defined()) c.inputs.push_back(ids.of(t));
+          // A DeQuantStub makes a new float tensor from a uint8 one: so in the trace too, so that
+          // the model's output is not mistaken for its input.
+          Tensor out = dequant && y.defined() ? y.clone() : y;
+          c.output = ids.of(out);
+          calls.push_back(std::move(c));
+          return out;
+        }));
+  }
+  Tensor out;
+  {
+    no_grad ng;
+    Generator g(0);
+    try {
+      out = model(randn(shape, {}, &g));
+    } catch (...) {
+      for (auto& h : hooks) h.remove();
+      throw;
+    }
+  }
+  for (auto& h : hooks) h.remove();
+  // The root's own call is last; its output is read by the caller.
+  calls.push_back({nullptr, {ids.of(out)}, 0, {}});
+  return calls;
+}
+
+
+} // namespace walk
 
 } // namespace tb::quant

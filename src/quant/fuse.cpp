@@ -5,6 +5,10 @@
 //   QAT:   Conv2d+BatchNorm2d(+act) -> ConvBn2d (BN kept; prepare_qat makes it a QATConvBn2d)
 #include <tb/quant.h>
 
+#include <map>
+
+#include "src/quant/walk.h"
+
 namespace tb::quant {
 
 namespace {
@@ -101,6 +105,70 @@ std::vector<std::vector<std::string>> find_fusable_groups(nn::Module& model) {
       i += g.size() - 1;
       groups.push_back(g);
     }
+  }
+  return groups;
+}
+
+// The data-flow version. Trace the model once (eval mode, so no BN statistic moves), then, among
+// the calls of leaf modules: a Conv2d called once whose output is read by exactly one call, that
+// of a BatchNorm2d (its channels) called once, groups with it, and so does a ReLU / ReLU6 called
+// once that alone reads the BN's output; a Conv2d or Linear whose output only such an
+// activation reads groups with that. A module called twice (a ResNet block's one ReLU) is never
+// fused: it would disappear from its other call.
+std::vector<std::vector<std::string>> find_fusable_groups(nn::Module& model,
+                                                          const Shape& input_shape) {
+  std::vector<std::pair<nn::Module*, bool>> modes; // parents before children (pre-order)
+  for (auto& [path, m] : model.named_modules()) modes.push_back({m, m->is_training()});
+  auto restore = [&] {
+    for (auto& [m, on] : modes) m->train(on); // a child's own call comes after its parent's
+  };
+  model.eval();
+  std::vector<walk::TraceCall> calls;
+  try {
+    calls = walk::trace(model, input_shape);
+  } catch (...) {
+    restore();
+    throw;
+  }
+  restore();
+
+  std::map<nn::Module*, std::string> path_of;
+  for (auto& [path, m] : model.named_modules()) path_of[m] = path;
+  std::map<nn::Module*, std::vector<const walk::TraceCall*>> calls_of;
+  std::map<walk::StorageId, std::vector<const walk::TraceCall*>> readers; // leaf calls + caller
+  for (const auto& c : calls) {
+    if (c.module && !c.module->named_children().empty()) continue; // a container: see its leaves
+    if (c.module) calls_of[c.module].push_back(&c);
+    for (walk::StorageId id : c.inputs) readers[id].push_back(&c);
+  }
+  // The one call reading storage `id`, if it is the only call of its module.
+  auto sole_reader = [&](walk::StorageId id) -> const walk::TraceCall* {
+    auto it = readers.find(id);
+    if (it == readers.end() || it->second.size() != 1 || !it->second[0]->module) return nullptr;
+    const walk::TraceCall* r = it->second[0];
+    return calls_of[r->module].size() == 1 ? r : nullptr;
+  };
+
+  std::vector<std::vector<std::string>> groups;
+  for (const auto& c : calls) {
+    if (!c.module || calls_of[c.module].size() != 1) continue;
+    auto* conv = dynamic_cast<nn::Conv2d*>(c.module);
+    bool lin = dynamic_cast<nn::Linear*>(c.module) != nullptr;
+    if (!conv && !lin) continue;
+    const walk::TraceCall* next = sole_reader(c.output);
+    if (!next) continue;
+    std::vector<std::string> g{path_of[c.module]};
+    auto* bn = dynamic_cast<nn::BatchNorm2d*>(next->module);
+    if (conv && bn && bn->num_features() == conv->weight().size(0)) {
+      g.push_back(path_of[bn]);
+      if (const walk::TraceCall* act = sole_reader(next->output); act && is_act(act->module))
+        g.push_back(path_of[act->module]);
+    } else if (is_act(next->module)) {
+      g.push_back(path_of[next->module]);
+    } else {
+      continue;
+    }
+    groups.push_back(g);
   }
   return groups;
 }

@@ -26,4 +26,18 @@ ObserverPtr make_tensor_observer(const TensorQConfig& c);
 nn::ModulePtr make_fake_quant(const TensorQConfig& c, int64_t channels, const std::string& path);
 FusedAct act_of(const nn::ModulePtr& m);
 
+// One module call seen by trace(): the storages it read and the one it returned, as ids (a
+// storage freed during the pass may have its address reused by a later one: ids tell them apart
+// without keeping every activation alive).
+using StorageId = int64_t;
+struct TraceCall {
+  nn::Module* module; // nullptr: the caller reading the model's output (the last entry)
+  std::vector<StorageId> inputs;
+  StorageId output;
+  Shape input_shape;
+};
+// Runs `model` once (no_grad) on random data of `shape` with a recording hook on every module;
+// the calls in the order they returned, then the caller's read of the output. (convert.cpp)
+std::vector<TraceCall> trace(nn::Module& model, const Shape& shape);
+
 } // namespace tb::quant::walk
