@@ -868,6 +868,10 @@ TEST_CASE("quantized activations: float ops refuse them, dequantize / DeQuantStu
   check_error([&] { max_pool2d(a, {.kernel_h = 2, .kernel_w = 2}); }, with("max_pool2d"));
   check_error([&] { adaptive_avg_pool2d(a, 1, 1); }, with("adaptive_avg_pool2d"));
   check_error([&] { mean(a, {2, 3}); }, with("mean"));
+  // Reading the levels as values: a dtype conversion or a copy into a float tensor.
+  check_error([&] { a.to(kFloat32); }, with("to"));
+  check_error([&] { zeros(a.shape()).copy_(a); }, with("copy_"));
+  CHECK(a.clone().dtype() == kUInt8); // a uint8 copy is still levels, not values: allowed
   check_error([&] { softmax(a, 1); }, with("softmax"));
   check_error([&] { batch_norm(a, zeros({3}), ones({3}), Tensor(), Tensor(), {}); },
               with("batch_norm"));
@@ -962,6 +966,58 @@ TEST_CASE("a converted integer model round-trips through a checkpoint") {
   no_grad ng;
   Tensor x = randn({3, 2, 3, 3});
   CHECK(tbtest::max_abs_diff((*a)(x), (*b)(x)) == 0);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("the uint8 plan and the layers kept float travel with the checkpoint") {
+  auto build = [](bool calibrate, bool flow) {
+    manual_seed(8);
+    auto model = std::make_shared<q::QuantWrapper>(tbtest::small_net());
+    model->eval();
+    q::prepare(*model);
+    if (calibrate) {
+      no_grad ng;
+      (*model)(randn({8, 2, 3, 3}));
+    }
+    q::convert(*model, {.allow_uncalibrated = !calibrate,
+                        .input_shape = flow ? Shape{4, 2, 3, 3} : Shape{}});
+    return model;
+  };
+  auto emitting = [](nn::Module& m) {
+    std::vector<std::string> out;
+    for (auto& [p, mod] : m.named_modules())
+      if (auto* q = dynamic_cast<q::Quantize*>(mod); q && q->emit_uint8) out.push_back(p);
+    return out;
+  };
+  auto a = build(true, true);
+  REQUIRE(!emitting(*a).empty());
+  // One layer kept float, as keep_faster would.
+  q::QuantizedConv2d* kept = nullptr;
+  for (auto* m : a->modules())
+    if (auto* c = dynamic_cast<q::QuantizedConv2d*>(m); c && !kept) kept = c;
+  REQUIRE(kept);
+  kept->integer = false;
+  kept->float_reason = "kept float: int8 measured slower";
+  auto path = (std::filesystem::temp_directory_path() / "tb_int8_plan.safetensors").string();
+  q::save(*a, path);
+  auto b = build(false, false); // no uint8 flow planned
+  CHECK(emitting(*b).empty());
+  q::load(*b, path);
+  CHECK(emitting(*b) == emitting(*a));
+  int kept_float = 0;
+  for (auto* m : b->modules())
+    if (auto* c = dynamic_cast<q::QuantizedConv2d*>(m); c && !c->integer) {
+      kept_float++;
+      CHECK(c->float_reason == "kept float: int8 measured slower");
+    }
+  CHECK(kept_float == 1);
+  no_grad ng;
+  Tensor x = randn({4, 2, 3, 3});
+  CHECK(tbtest::max_abs_diff((*a)(x), (*b)(x)) == 0);
+  // Malformed plan metadata: a tb::Error naming the file, not a crash.
+  nn::save(*a, path, {{"tb.quant", "converted"}, {"tb.quant.schema", "1"},
+                      {"tb.quant.uint8", "{not json"}, {"tb.quant.float_kernel", "{}"}});
+  check_error([&] { q::load(*b, path); }, {"malformed", "tb.quant.uint8", path});
   std::filesystem::remove(path);
 }
 

@@ -815,6 +815,9 @@ ConversionReport quantize_dynamic(nn::Module& model,
 // Checkpoints: the state_dict plus metadata "tb.quant" = "prepared" | "qat" | "converted"
 // (docs/quantization.md). load() needs a model of the same structure (float model put through
 // the same prepare / prepare_qat / convert with allow_uncalibrated) and checks the stage.
+// A converted model's file also holds its run plan ("tb.quant.uint8": the outputs that travel as
+// uint8; "tb.quant.float_kernel": the layers kept float and why, e.g. by keep_faster), which load
+// puts back: a model converted without input_shape runs the saved uint8 flow after loading.
 void save(nn::Module& model, const std::string& path);
 void load(nn::Module& model, const std::string& path);
 // The stage of a model's tree: "float", "prepared", "qat", "converted" or "dynamic".

@@ -6,6 +6,7 @@
 #include <tb/ops.h>
 
 #include "dispatch.h"
+#include "qactivation.h"
 #include "kernels/copy.h"
 #include "kernels/cuda_runtime.h"
 
@@ -100,6 +101,8 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::to(DType t) const {
   if (t == dtype()) return *this;
+  // A quantized activation's levels are not its values (src/ops/qactivation.h).
+  if (dtype() == kUInt8) check_not_quantized("to", *this);
   Tensor out = is_dense(*this) ? empty_strided(shape(), strides(), {t, device()})
                                : empty(shape(), {t, device()});
   copy_same_device(out, *this);
@@ -144,6 +147,7 @@ static void check_inplace(const char* op, const Tensor& t) {
 Tensor& Tensor::copy_(const Tensor& src) {
   check_defined("copy_", src, "src");
   check_inplace("copy_", *this);
+  if (src.dtype() == kUInt8 && dtype() != kUInt8) check_not_quantized("copy_", src);
   Tensor s = src.detach();
   if (s.device() != device()) s = transfer(s, device());
   if (s.shape() != shape()) {

@@ -39,6 +39,8 @@
 #include <set>
 #include <typeinfo>
 
+#include <nlohmann/json.hpp>
+
 namespace tb::quant {
 
 namespace {
@@ -552,8 +554,40 @@ std::string stage(nn::Module& model) {
   return qat ? "qat" : prepared ? "prepared" : "float";
 }
 
+namespace {
+
+// The flag that makes module m hand on uint8 activations (convert's plan_flow sets it), if m
+// has one.
+bool* emit_flag(nn::Module* m) {
+  if (auto* q = dynamic_cast<Quantize*>(m)) return &q->emit_uint8;
+  if (auto* p = dynamic_cast<QuantizedMaxPool2d*>(m)) return &p->emit_uint8;
+  if (auto* f = dynamic_cast<QuantizedFlatten*>(m)) return &f->emit_uint8;
+  if (auto* c = dynamic_cast<QuantizedChannelShuffle*>(m)) return &c->emit_uint8;
+  return nullptr;
+}
+
+// A converted layer's kernel choice: integer, or float with the reason.
+std::pair<bool*, std::string*> kernel_choice(nn::Module* m) {
+  if (auto* c = dynamic_cast<QuantizedConv2d*>(m)) return {&c->integer, &c->float_reason};
+  if (auto* l = dynamic_cast<QuantizedLinear*>(m)) return {&l->integer, &l->float_reason};
+  return {nullptr, nullptr};
+}
+
+} // namespace
+
 void save(nn::Module& model, const std::string& path) {
-  nn::save(model, path, {{"tb.quant", stage(model)}, {"tb.quant.schema", "1"}});
+  std::map<std::string, std::string> meta{{"tb.quant", stage(model)}, {"tb.quant.schema", "1"}};
+  if (meta["tb.quant"] == "converted") {
+    // The run plan convert made: which outputs travel as uint8, which layers run float and why.
+    nlohmann::json uint8 = nlohmann::json::array(), float_kernel = nlohmann::json::object();
+    for (auto& [p, m] : model.named_modules()) {
+      if (bool* e = emit_flag(m); e && *e) uint8.push_back(p);
+      if (auto [integer, reason] = kernel_choice(m); integer && !*integer) float_kernel[p] = *reason;
+    }
+    meta["tb.quant.uint8"] = uint8.dump();
+    meta["tb.quant.float_kernel"] = float_kernel.dump();
+  }
+  nn::save(model, path, meta);
 }
 
 void load(nn::Module& model, const std::string& path) {
@@ -565,6 +599,26 @@ void load(nn::Module& model, const std::string& path) {
   TB_CHECK(it->second == want, "tb::quant::load: {} holds a {} model, but the model given is {} "
            "(prepare / prepare_qat / convert it the same way first)", path, it->second, want);
   model.load_state_dict(f.tensors);
+  // The saved run plan, when there is one: the uint8 flow and the layers kept float.
+  auto u8 = f.metadata.find("tb.quant.uint8"), fk = f.metadata.find("tb.quant.float_kernel");
+  if (u8 == f.metadata.end() || fk == f.metadata.end()) return;
+  nlohmann::json uint8 = nlohmann::json::parse(u8->second, nullptr, false),
+                 float_kernel = nlohmann::json::parse(fk->second, nullptr, false);
+  TB_CHECK(uint8.is_array() && float_kernel.is_object(), "tb::quant::load: {}: malformed "
+           "'tb.quant.uint8' / 'tb.quant.float_kernel' metadata", path);
+  std::set<std::string> emitting;
+  for (const auto& p : uint8) {
+    TB_CHECK(p.is_string(), "tb::quant::load: {}: malformed 'tb.quant.uint8' metadata", path);
+    emitting.insert(p.get<std::string>());
+  }
+  for (auto& [p, m] : model.named_modules()) {
+    if (bool* e = emit_flag(m)) *e = emitting.count(p) > 0;
+    auto [integer, reason] = kernel_choice(m);
+    if (integer && float_kernel.contains(p) && float_kernel[p].is_string()) {
+      *integer = false;
+      *reason = float_kernel[p].get<std::string>();
+    }
+  }
 }
 
 namespace walk {
