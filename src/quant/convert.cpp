@@ -248,6 +248,13 @@ void convert_visit(nn::Module& parent, const std::string& prefix, const ConvertO
 
 // ---- the uint8 flow ---------------------------------------------------------------------------------
 
+// Identity, eval Dropout and eval StochasticDepth (EfficientNet's; a module of the model layer,
+// known here by its type name as in prepare's role()) pass their input on.
+bool identity_in_eval(const nn::Module& m) {
+  return typeid(m) == typeid(nn::Identity) || typeid(m) == typeid(nn::Dropout) ||
+         m.type_name() == "StochasticDepth";
+}
+
 // Whether module m takes uint8 activations (the integer layers and twins, DeQuantStub), with
 // the reason when not. Identity and Dropout pass their input on (the trace saw the same
 // storage come out), so their readers are the input's readers.
@@ -265,16 +272,14 @@ std::string uint8_refusal(nn::Module& m, const std::vector<TraceCall>& calls) {
       dynamic_cast<QuantizedAdaptiveAvgPool2d*>(&m) || dynamic_cast<QuantizedFlatten*>(&m) ||
       dynamic_cast<DeQuantStub*>(&m))
     return "";
-  if (typeid(m) == typeid(nn::Identity) || typeid(m) == typeid(nn::Dropout))
+  if (identity_in_eval(m))
     return "it made a new float tensor"; // (when it passes its input on, it is no reader)
   return "it is a float module";
 }
 
-// Identity / Dropout returning their input: not readers themselves, their readers are the input's.
+// Such a module returning its input: not a reader itself, its readers are the input's.
 bool passes_input_on(const TraceCall& c) {
-  return c.module && (typeid(*c.module) == typeid(nn::Identity) ||
-                      typeid(*c.module) == typeid(nn::Dropout)) &&
-         !c.inputs.empty() && c.inputs[0] == c.output;
+  return c.module && identity_in_eval(*c.module) && !c.inputs.empty() && c.inputs[0] == c.output;
 }
 
 // Layers whose input quantizer the tree order did not show (a branch fed from a parent's
