@@ -11,8 +11,10 @@
 //   BatchNormKernels::ref  — kernels/ref/batchnorm.cpp: plain loops, the specification;
 //   BatchNormKernels::cpu  — kernels/cpu/batchnorm.cpp: OpenMP, vectorised along the contiguous
 //                            dim;
-//   BatchNormKernels::cuda — not written yet: all null (kernels/cuda/stubs.cpp), so the op raises
-//                            tb::Error for CUDA tensors.
+//   BatchNormKernels::cuda — kernels/cuda/batchnorm.cu: per-channel sums in double in two passes
+//                            (fixed pieces, fixed order), then one thread per element; all four
+//                            dtypes. Written and compiled, but NOT yet run on a GPU: its tests
+//                            (tests/test_cuda.cpp) have only skipped so far.
 // dtypes: float32, float64, and float16/bfloat16 activations with float32 vectors (sums in double;
 // the CPU kernel's half path sums each chunk of ~64 rows in float32 first; y and dx rounded once
 // to the half type).

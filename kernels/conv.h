@@ -14,9 +14,12 @@
 //                         accumulation), primitives cached per geometry; oneDNN has no float64, so
 //                         float64 runs the reference loops; oneDNN 2.6 has no CPU float16
 //                         convolution, so float16 is converted to float32, run, rounded once;
+//   Conv2dKernels::cuda — kernels/cuda/conv.cu: cuDNN 9 for float32 (FMA math, no TF32), float64,
+//                         float16 and bfloat16 (float32 accumulation); NHWC (float64: NCHW), other
+//                         strides copied; the fastest deterministic algorithm per geometry, found
+//                         once and cached. Written and compiled, but NOT yet run on a GPU: its
+//                         tests (tests/test_cuda.cpp) have only skipped so far.
 // Every pointer of one call has the same dtype (bias and gradients included).
-//   Conv2dKernels::cuda — not written yet: all null (kernels/cuda/stubs.cpp), so the op raises
-//                         tb::Error for CUDA tensors.
 #pragma once
 
 #include <cstdint>

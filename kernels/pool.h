@@ -8,8 +8,10 @@
 //   Pool2dKernels::ref  — kernels/ref/pool.cpp: plain loops, the specification;
 //   Pool2dKernels::cpu  — kernels/cpu/pool.cpp: OpenMP loops, vectorised over C for channels-last
 //                         inputs;
-//   Pool2dKernels::cuda — not written yet: all null (kernels/cuda/stubs.cpp), so the ops raise
-//                         tb::Error for CUDA tensors.
+//   Pool2dKernels::cuda — kernels/cuda/pool.cu: one thread per output element forward, one per
+//                         input element backward (gathering, no atomics); the reference's
+//                         arithmetic, any strides. Written and compiled, but NOT yet run on a
+//                         GPU: its tests (tests/test_cuda.cpp) have only skipped so far.
 // dtypes: float32, float64.
 #pragma once
 
@@ -28,7 +30,8 @@ struct Pool2dGeom {
 };
 
 // The input window of output pixel (oh, ow): rows [h0, h1), columns [w0, w1), and the divisor an
-// average uses. Shared by the ref and cpu kernels so both pool exactly the same elements.
+// average uses. Shared by the ref and cpu kernels so both pool exactly the same elements
+// (kernels/cuda/pool.cu repeats the same arithmetic in device functions).
 struct PoolWindow {
   int64_t h0, h1, w0, w1;
   double divisor;

@@ -51,13 +51,13 @@ const ElementwiseKernels ElementwiseKernels::cuda = {};
 const ReduceKernels ReduceKernels::cuda = {};
 const MatmulKernels MatmulKernels::cuda = {};
 const SoftmaxKernels SoftmaxKernels::cuda = {};
+const Conv2dKernels Conv2dKernels::cuda = {};
+const Pool2dKernels Pool2dKernels::cuda = {};
+const BatchNormKernels BatchNormKernels::cuda = {};
 
 #endif // TB_HAVE_CUDA
 
 // No CUDA kernels written yet (with or without nvcc).
-const Conv2dKernels Conv2dKernels::cuda = {};
-const Pool2dKernels Pool2dKernels::cuda = {};
-const BatchNormKernels BatchNormKernels::cuda = {};
 const FakeQuantKernels FakeQuantKernels::cuda = {};
 const SparseKernels SparseKernels::cuda = {};
 const ConvInferKernels ConvInferKernels::cuda = {};
