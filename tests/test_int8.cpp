@@ -944,19 +944,26 @@ TEST_CASE("integer conv plans: made once per layer, remade when the weights chan
   CHECK(tbtest::max_abs_diff(yi, yf) <= out_scale(conv) * 1.001);
 }
 
+namespace {
+// small_net converted (seed 8): calibrated on one random batch, or not (its qparams are then to be
+// loaded from a checkpoint); with `flow`, the uint8 flow planned for [4, 2, 3, 3].
+nn::ModulePtr converted_small_net(bool calibrate, bool flow = false) {
+  manual_seed(8);
+  auto model = std::make_shared<q::QuantWrapper>(tbtest::small_net());
+  model->eval();
+  q::prepare(*model);
+  if (calibrate) {
+    no_grad ng;
+    (*model)(randn({8, 2, 3, 3}));
+  }
+  q::convert(*model, {.allow_uncalibrated = !calibrate,
+                      .input_shape = flow ? Shape{4, 2, 3, 3} : Shape{}});
+  return model;
+}
+} // namespace
+
 TEST_CASE("a converted integer model round-trips through a checkpoint") {
-  auto build = [](bool calibrate) {
-    manual_seed(8);
-    auto model = std::make_shared<q::QuantWrapper>(tbtest::small_net());
-    model->eval();
-    q::prepare(*model);
-    if (calibrate) {
-      no_grad ng;
-      (*model)(randn({8, 2, 3, 3}));
-    }
-    q::convert(*model, {.allow_uncalibrated = !calibrate});
-    return model;
-  };
+  auto build = [](bool calibrate) { return converted_small_net(calibrate); };
   auto a = build(true);
   auto path = (std::filesystem::temp_directory_path() / "tb_int8_ckpt.safetensors").string();
   q::save(*a, path);
@@ -970,19 +977,7 @@ TEST_CASE("a converted integer model round-trips through a checkpoint") {
 }
 
 TEST_CASE("the uint8 plan and the layers kept float travel with the checkpoint") {
-  auto build = [](bool calibrate, bool flow) {
-    manual_seed(8);
-    auto model = std::make_shared<q::QuantWrapper>(tbtest::small_net());
-    model->eval();
-    q::prepare(*model);
-    if (calibrate) {
-      no_grad ng;
-      (*model)(randn({8, 2, 3, 3}));
-    }
-    q::convert(*model, {.allow_uncalibrated = !calibrate,
-                        .input_shape = flow ? Shape{4, 2, 3, 3} : Shape{}});
-    return model;
-  };
+  auto build = converted_small_net;
   auto emitting = [](nn::Module& m) {
     std::vector<std::string> out;
     for (auto& [p, mod] : m.named_modules())

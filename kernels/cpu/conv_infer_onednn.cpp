@@ -64,6 +64,30 @@ struct CpuPlan : ConvInferPlan {
   std::unique_ptr<on::Bound> bound;         // the primitive with its argument memories
 };
 
+// The residual add as a sum post-op and the activation as an eltwise one.
+dnnl::primitive_attr infer_attr(const ConvInferDesc& d) {
+  dnnl::post_ops ops;
+  if (d.residual) ops.append_sum(1.0f);
+  if (d.act != PostAct::None) {
+    Eltwise e = eltwise_of(d.act);
+    ops.append_eltwise(1.0f, e.alg, e.alpha, e.beta);
+  }
+  dnnl::primitive_attr attr = on::scratchpad_attr();
+  attr.set_post_ops(ops);
+  return attr;
+}
+
+// The problem. oneDNN's dilation counts the gaps between taps (PyTorch's dilation - 1); symmetric
+// padding. It must outlive the primitive descriptors made from it (on::fastest_impl).
+dnnl::convolution_forward::desc infer_desc(const ConvInferDesc& d, const memory::desc& src,
+                                           const memory::desc& bias, const memory::desc& dst) {
+  const Conv2dGeom& g = d.g;
+  return dnnl::convolution_forward::desc(
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+      weights_md(g, true), bias, dst, {g.stride_h, g.stride_w}, {g.dil_h - 1, g.dil_w - 1},
+      {g.pad_h, g.pad_w}, {g.pad_h, g.pad_w});
+}
+
 // position: which of oneDNN's implementations to use (see on::fastest_impl); -1 = the fastest.
 std::shared_ptr<ConvInferPlan> prepare_at(const ConvInferDesc& d, const float* w, const float* b,
                                           int position) {
@@ -76,22 +100,8 @@ std::shared_ptr<ConvInferPlan> prepare_at(const ConvInferDesc& d, const float* w
   p->dst = act_md(g.N, g.O, g.OH, g.OW, d.ys);
   p->bias = b ? memory::desc({g.O}, memory::data_type::f32, memory::format_tag::x) : memory::desc();
 
-  dnnl::post_ops ops;
-  if (d.residual) ops.append_sum(1.0f);
-  if (d.act != PostAct::None) {
-    Eltwise e = eltwise_of(d.act);
-    ops.append_eltwise(1.0f, e.alg, e.alpha, e.beta);
-  }
-  dnnl::primitive_attr attr = on::scratchpad_attr();
-  attr.set_post_ops(ops);
-
-  // oneDNN's dilation counts the gaps between taps (PyTorch's dilation - 1); symmetric padding.
-  memory::dims strides{g.stride_h, g.stride_w}, dilates{g.dil_h - 1, g.dil_w - 1},
-      pad{g.pad_h, g.pad_w};
-  dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference,
-                                       dnnl::algorithm::convolution_direct, p->src,
-                                       weights_md(g, true), p->bias, p->dst, strides, dilates, pad,
-                                       pad);
+  dnnl::primitive_attr attr = infer_attr(d);
+  dnnl::convolution_forward::desc desc = infer_desc(d, p->src, p->bias, p->dst);
   // Of the implementations oneDNN offers, the one that measures fastest on this shape
   // (on::fastest_impl; zero-filled buffers: the values do not change the speed).
   using PD = dnnl::convolution_forward::primitive_desc;
@@ -162,21 +172,10 @@ void cpu_run(const ConvInferPlan& plan, const float* x, const float* r, float* y
 
 std::vector<std::string> cpu_conv_infer_impls(const ConvInferDesc& d) {
   const Conv2dGeom& g = d.g;
-  dnnl::post_ops ops;
-  if (d.residual) ops.append_sum(1.0f);
-  if (d.act != PostAct::None) {
-    Eltwise e = eltwise_of(d.act);
-    ops.append_eltwise(1.0f, e.alg, e.alpha, e.beta);
-  }
-  dnnl::primitive_attr attr = on::scratchpad_attr();
-  attr.set_post_ops(ops);
-  memory::desc bias({g.O}, memory::data_type::f32, memory::format_tag::x);
-  dnnl::convolution_forward::desc desc(
-      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-      act_md(g.N, g.C, g.H, g.W, nhwc_strides(g.C, g.H, g.W)), weights_md(g, true), bias,
-      act_md(g.N, g.O, g.OH, g.OW, d.ys), {g.stride_h, g.stride_w}, {g.dil_h - 1, g.dil_w - 1},
-      {g.pad_h, g.pad_w}, {g.pad_h, g.pad_w});
-  return on::impl_names(dnnl::convolution_forward::primitive_desc(desc, attr, on::engine()));
+  auto desc = infer_desc(d, act_md(g.N, g.C, g.H, g.W, nhwc_strides(g.C, g.H, g.W)),
+                         memory::desc({g.O}, memory::data_type::f32, memory::format_tag::x),
+                         act_md(g.N, g.O, g.OH, g.OW, d.ys));
+  return on::impl_names(dnnl::convolution_forward::primitive_desc(desc, infer_attr(d), on::engine()));
 }
 
 std::shared_ptr<ConvInferPlan> cpu_conv_infer_prepare_at(int position, const ConvInferDesc& d,
