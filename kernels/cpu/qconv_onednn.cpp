@@ -240,8 +240,8 @@ void cpu_qlinear(int64_t N, int64_t I, int64_t O, const uint8_t* x, const int8_t
                  const Requant& r, uint8_t* y) {
   static on::Cache<QLinearEntry> cache;
   bool with_bias = r.bias != nullptr;
-  on::Key key{on::num_threads(), N,           I, O, with_bias, (int64_t)r.act, float_bits(r.clip_hi),
-              r.in_zp != 0,      r.out_zp != 0};
+  on::Key key{on::num_threads(), N, I, O, with_bias, (int64_t)r.act, float_bits(r.clip_hi),
+              r.in_zp != 0, r.out_zp != 0};
   const QLinearEntry& e = cache.get(key, [&] {
     memory::desc src({N, I}, dt::u8, tag::ab), dst({N, O}, dt::u8, tag::ab);
     memory::desc user_w({I, O}, dt::s8, memory::dims{1, I});
