@@ -8,11 +8,17 @@
 //  (c) softmax cross-entropy forward + backward on [4096, 1000] logits.
 //  (d) one training step of an MLP 784-1024-1024-10 (ReLU), batch 64 and 1024: forward, loss,
 //      backward, an SGD update of every parameter.
+//  (e) the issue-15 model rows, named as ../shared/bench/torch_gpu_anchors.py's cases: one SGD
+//      step (momentum 0.9) of the Fashion-MNIST CNN at batch 64 / 256 / 1024, of ResNet-18 and
+//      MobileNetV2 in their small-input form (3x32x32) at batch 256, and eval inference of both at
+//      1x3x224x224 (the model as built: optimize_for_inference has no CUDA kernels yet).
+//      Written without a GPU (session 6): never run yet.
 //
 // Every figure is the median of timed runs after warm-up; each run ends with a device
 // synchronisation, so the time covers the GPU's work, not just the launches.
 // tools/bench_cuda_torch.py times the same cases in PyTorch (same names, same output columns).
 //   build-cuda/tools/bench_cuda [--quick] [--tsv FILE]
+#include <tb/models.h>
 #include <tb/tb.h>
 
 #include <cublas_v2.h>
@@ -139,6 +145,40 @@ void bench_mlp_step(int64_t batch, int reps, std::vector<Row>& rows) {
   print_row(rows, fmt::format("mlp_train_step_b{}", batch), ms, batch / (ms * 1e-3), "img/s");
 }
 
+// (e) one SGD step of a zoo model (or the CNN) on a batch of random inputs of `shape`.
+void bench_model_step(const std::string& case_name, const std::string& model, bool small_input,
+                      tb::Shape shape, int64_t batch, int reps, std::vector<Row>& rows) {
+  tb::Device gpu = tb::cuda_device(0);
+  tb::manual_seed(0);
+  auto net = tb::models::create(model, {.num_classes = 10, .small_input = small_input,
+                                        .in_channels = shape[0]});
+  net->to(gpu);
+  tb::optim::SGD opt(net->parameters(), {.lr = 0.01, .momentum = 0.9});
+  shape.insert(shape.begin(), batch);
+  tb::Tensor x = tb::randn(shape).to(gpu);
+  tb::Tensor y = tb::randint(0, 10, {batch}, {tb::kInt64}).to(gpu);
+  double ms = median_ms([&] {
+    opt.zero_grad();
+    tb::Tensor loss = tb::cross_entropy((*net)(x), y);
+    loss.backward();
+    opt.step();
+  }, reps);
+  print_row(rows, fmt::format("{}_train_b{}", case_name, batch), ms, batch / (ms * 1e-3), "img/s");
+}
+
+// (e) eval inference of a zoo model at batch `batch` of 3x224x224.
+void bench_model_infer(const std::string& model, int64_t batch, int reps, std::vector<Row>& rows) {
+  tb::Device gpu = tb::cuda_device(0);
+  tb::manual_seed(0);
+  auto net = tb::models::create(model, {});
+  net->eval();
+  net->to(gpu);
+  tb::Tensor x = tb::randn({batch, 3, 224, 224}).to(gpu);
+  tb::no_grad ng;
+  double ms = median_ms([&] { (*net)(x); }, reps);
+  print_row(rows, fmt::format("{}_224_infer_b{}", model, batch), ms, batch / (ms * 1e-3), "img/s");
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -171,6 +211,11 @@ int main(int argc, char** argv) {
     bench_memory(quick ? (1 << 20) : (1 << 26), reps, rows);
     bench_cross_entropy(4096, 1000, reps, rows);
     for (int64_t batch : {64, 1024}) bench_mlp_step(batch, reps, rows);
+    for (int64_t batch : {64, 256, 1024})
+      bench_model_step("fmnist_cnn", "cnn", false, {1, 28, 28}, batch, reps, rows);
+    bench_model_step("resnet18_32px", "resnet18", true, {3, 32, 32}, 256, reps, rows);
+    bench_model_step("mobilenet_v2_32px", "mobilenet_v2", true, {3, 32, 32}, 256, reps, rows);
+    for (const char* m : {"resnet18", "mobilenet_v2"}) bench_model_infer(m, 1, reps, rows);
     if (!tsv.empty()) {
       FILE* f = std::fopen(tsv.c_str(), "w");
       if (!f) throw tb::Error(fmt::format("bench_cuda: cannot write {}", tsv));
