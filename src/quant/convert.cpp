@@ -255,14 +255,29 @@ bool identity_in_eval(const nn::Module& m) {
          m.type_name() == "StochasticDepth";
 }
 
+// The flag that makes module m hand on uint8 activations (plan_flow sets it, save / load keep
+// it), if m has one: Quantize, and the value-preserving twins that keep their input's grid.
+bool* emit_flag(nn::Module* m) {
+  if (auto* q = dynamic_cast<Quantize*>(m)) return &q->emit_uint8;
+  if (auto* p = dynamic_cast<QuantizedMaxPool2d*>(m)) return &p->emit_uint8;
+  if (auto* f = dynamic_cast<QuantizedFlatten*>(m)) return &f->emit_uint8;
+  if (auto* c = dynamic_cast<QuantizedChannelShuffle*>(m)) return &c->emit_uint8;
+  return nullptr;
+}
+
+// A converted layer's kernel choice: integer, or float with the reason.
+std::pair<bool*, std::string*> kernel_choice(nn::Module* m) {
+  if (auto* c = dynamic_cast<QuantizedConv2d*>(m)) return {&c->integer, &c->float_reason};
+  if (auto* l = dynamic_cast<QuantizedLinear*>(m)) return {&l->integer, &l->float_reason};
+  return {nullptr, nullptr};
+}
+
 // Whether module m takes uint8 activations (the integer layers and twins, DeQuantStub), with
 // the reason when not. Identity and Dropout pass their input on (the trace saw the same
 // storage come out), so their readers are the input's readers.
 std::string uint8_refusal(nn::Module& m, const std::vector<TraceCall>& calls) {
-  if (auto* c = dynamic_cast<QuantizedConv2d*>(&m))
-    return c->integer ? "" : "it runs the float kernel (" + c->float_reason + ")";
-  if (auto* l = dynamic_cast<QuantizedLinear*>(&m))
-    return l->integer ? "" : "it runs the float kernel (" + l->float_reason + ")";
+  if (auto [integer, reason] = kernel_choice(&m); integer)
+    return *integer ? "" : "it runs the float kernel (" + *reason + ")";
   if (dynamic_cast<QuantizedAdd*>(&m) || dynamic_cast<QuantizedMul*>(&m) ||
       dynamic_cast<QuantizedCat*>(&m) || dynamic_cast<QuantizedReLU*>(&m) ||
       dynamic_cast<QuantizedReLU6*>(&m) || dynamic_cast<QuantizedHardswish*>(&m) ||
@@ -406,12 +421,8 @@ void plan_flow(nn::Module& model, const ConvertOptions& o, ConversionReport& rep
   std::vector<nn::Module*> order;
   for (const TraceCall& c : calls) {
     nn::Module* e = c.module;
-    bool emitter = e && ((dynamic_cast<Quantize*>(e) &&
-                          static_cast<Quantize*>(e)->qmin == 0 &&
-                          static_cast<Quantize*>(e)->qmax == 255) ||
-                         dynamic_cast<QuantizedMaxPool2d*>(e) || dynamic_cast<QuantizedFlatten*>(e) ||
-                         dynamic_cast<QuantizedChannelShuffle*>(e));
-    if (!emitter) continue;
+    auto* q = dynamic_cast<Quantize*>(e);
+    if (!e || !emit_flag(e) || (q && (q->qmin != 0 || q->qmax != 255))) continue; // 8-bit grids only
     if (!refusal.count(e)) order.push_back(e), refusal[e] = "";
     if (!refusal[e].empty()) continue;
     auto it = readers.find(c.output);
@@ -438,10 +449,7 @@ void plan_flow(nn::Module& model, const ConvertOptions& o, ConversionReport& rep
   }
   for (nn::Module* e : order) {
     bool u8 = refusal[e].empty();
-    if (auto* q = dynamic_cast<Quantize*>(e)) q->emit_uint8 = u8;
-    if (auto* p = dynamic_cast<QuantizedMaxPool2d*>(e)) p->emit_uint8 = u8;
-    if (auto* f = dynamic_cast<QuantizedFlatten*>(e)) f->emit_uint8 = u8;
-    if (auto* c = dynamic_cast<QuantizedChannelShuffle*>(e)) c->emit_uint8 = u8;
+    *emit_flag(e) = u8;
     if (u8) {
       report.uint8_outputs++;
     } else {
@@ -558,27 +566,6 @@ std::string stage(nn::Module& model) {
   }
   return qat ? "qat" : prepared ? "prepared" : "float";
 }
-
-namespace {
-
-// The flag that makes module m hand on uint8 activations (convert's plan_flow sets it), if m
-// has one.
-bool* emit_flag(nn::Module* m) {
-  if (auto* q = dynamic_cast<Quantize*>(m)) return &q->emit_uint8;
-  if (auto* p = dynamic_cast<QuantizedMaxPool2d*>(m)) return &p->emit_uint8;
-  if (auto* f = dynamic_cast<QuantizedFlatten*>(m)) return &f->emit_uint8;
-  if (auto* c = dynamic_cast<QuantizedChannelShuffle*>(m)) return &c->emit_uint8;
-  return nullptr;
-}
-
-// A converted layer's kernel choice: integer, or float with the reason.
-std::pair<bool*, std::string*> kernel_choice(nn::Module* m) {
-  if (auto* c = dynamic_cast<QuantizedConv2d*>(m)) return {&c->integer, &c->float_reason};
-  if (auto* l = dynamic_cast<QuantizedLinear*>(m)) return {&l->integer, &l->float_reason};
-  return {nullptr, nullptr};
-}
-
-} // namespace
 
 void save(nn::Module& model, const std::string& path) {
   std::map<std::string, std::string> meta{{"tb.quant", stage(model)}, {"tb.quant.schema", "1"}};
