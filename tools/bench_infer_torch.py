@@ -114,6 +114,18 @@ def fashion_mnist_test(root):
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+def parse_chw(text, model, prog):
+    """--input "CxHxW" as [C, H, W]; without it 1x28x28 for the CNN, 3x224x224 for the zoo."""
+    if not text:
+        return [1, 28, 28] if model == "cnn" else [3, 224, 224]
+    try:
+        chw = [int(v) for v in text.split("x")]
+        assert len(chw) == 3 and all(v > 0 for v in chw)
+    except (ValueError, AssertionError):
+        sys.exit(f"{prog}: --input '{text}': expected CxHxW, e.g. 3x224x224")
+    return chw
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model")
@@ -131,14 +143,7 @@ def main():
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    if a.input:
-        try:
-            chw = [int(v) for v in a.input.split("x")]
-            assert len(chw) == 3 and all(v > 0 for v in chw)
-        except (ValueError, AssertionError):
-            sys.exit(f"bench_infer_torch: --input '{a.input}': expected CxHxW, e.g. 3x224x224")
-    else:
-        chw = [1, 28, 28] if a.model == "cnn" else [3, 224, 224]
+    chw = parse_chw(a.input, a.model, "bench_infer_torch")
     model, classes = build(a.model, chw, a.precision)
     model.eval()
     x = torch.randn(a.batch, *chw)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_infer_torch import build  # noqa: E402  (the model definitions the benchmarks share)
+from bench_infer_torch import build, parse_chw  # noqa: E402  (the model definitions the benchmarks share)
 from safetensors_io import save_safetensors  # noqa: E402
 
 
@@ -51,14 +51,7 @@ def main():
     a = ap.parse_args()
     if a.batch < 1:
         sys.exit(f"export_onnx: --batch {a.batch}: expected >= 1")
-    if a.input:
-        try:
-            chw = [int(v) for v in a.input.split("x")]
-            assert len(chw) == 3 and all(v > 0 for v in chw)
-        except (ValueError, AssertionError):
-            sys.exit(f"export_onnx: --input '{a.input}': expected CxHxW, e.g. 3x224x224")
-    else:
-        chw = [1, 28, 28] if a.model == "cnn" else [3, 224, 224]
+    chw = parse_chw(a.input, a.model, "export_onnx")
 
     torch.manual_seed(a.seed)
     model, _ = build(a.model, chw, "fp32")
