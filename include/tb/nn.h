@@ -35,6 +35,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <unordered_map>
 #include <utility>
@@ -161,15 +162,17 @@ class Module {
   ModulePtr clone() const;
 
   // ---- lookup ---------------------------------------------------------------------------------
-  // Parameter, buffer or plain attribute `name` of this module; tb::Error when absent.
-  Tensor get(const std::string& name) const;
+  // Parameter, buffer or plain attribute `name` of this module; tb::Error when absent. (Names as
+  // string_view: integer inference looks some up on every call, and a literal longer than 15
+  // characters made as std::string is a heap allocation each time.)
+  Tensor get(std::string_view name) const;
   // Same, or an undefined Tensor when absent (e.g. Linear without bias).
-  Tensor find(const std::string& name) const;
-  bool has_parameter(const std::string& name) const;
-  bool has_buffer(const std::string& name) const;
-  bool has_child(const std::string& name) const;
+  Tensor find(std::string_view name) const;
+  bool has_parameter(std::string_view name) const;
+  bool has_buffer(std::string_view name) const;
+  bool has_child(std::string_view name) const;
   // Direct child `name`; tb::Error naming the children that exist when absent.
-  ModulePtr child(const std::string& name) const;
+  ModulePtr child(std::string_view name) const;
 
   // ---- traversal (pre-order: own entries, then each child's; shared tensors listed once) -------
   std::vector<Tensor> parameters(bool recurse = true) const;

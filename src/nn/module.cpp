@@ -116,10 +116,10 @@ Tensor Module::operator()(const std::vector<Tensor>& xs) {
 namespace {
 using Entries = std::vector<std::pair<std::string, Tensor>>;
 
-Entries::iterator find_entry(Entries& v, const std::string& name) {
+Entries::iterator find_entry(Entries& v, std::string_view name) {
   return std::find_if(v.begin(), v.end(), [&](auto& e) { return e.first == name; });
 }
-Entries::const_iterator find_entry(const Entries& v, const std::string& name) {
+Entries::const_iterator find_entry(const Entries& v, std::string_view name) {
   return std::find_if(v.begin(), v.end(), [&](auto& e) { return e.first == name; });
 }
 } // namespace
@@ -209,27 +209,27 @@ void Module::set_module(const std::string& name, ModulePtr m) {
   register_child(name, std::move(m));
 }
 
-Tensor Module::find(const std::string& name) const {
+Tensor Module::find(std::string_view name) const {
   if (auto it = find_entry(params_, name); it != params_.end()) return it->second;
   if (auto it = find_entry(buffers_, name); it != buffers_.end()) return it->second;
   if (auto it = find_entry(attrs_, name); it != attrs_.end()) return it->second;
   return Tensor();
 }
 
-Tensor Module::get(const std::string& name) const {
+Tensor Module::get(std::string_view name) const {
   Tensor t = find(name);
   TB_CHECK(t.defined(), "{}: no parameter, buffer or tensor attribute named '{}'", type_name(),
            name);
   return t;
 }
 
-bool Module::has_parameter(const std::string& name) const {
+bool Module::has_parameter(std::string_view name) const {
   return find_entry(params_, name) != params_.end();
 }
-bool Module::has_buffer(const std::string& name) const {
+bool Module::has_buffer(std::string_view name) const {
   return find_entry(buffers_, name) != buffers_.end();
 }
-bool Module::has_child(const std::string& name) const {
+bool Module::has_child(std::string_view name) const {
   for (auto& c : children_)
     if (c.first == name) return true;
   return false;
@@ -243,7 +243,7 @@ std::string child_names(const Module& m) {
 }
 } // namespace
 
-ModulePtr Module::child(const std::string& name) const {
+ModulePtr Module::child(std::string_view name) const {
   for (auto& c : children_)
     if (c.first == name) return c.second;
   throw Error(fmt::format("{}: no child module named '{}' (children: {})", type_name(), name,
