@@ -33,6 +33,8 @@
 // (kernels/cpu/qelementwise.cpp; equal bit for bit, tested); see that struct.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -45,6 +47,33 @@ namespace tb::kernels {
 // The activation fused into the requantization (see the rule above).
 enum class QAct { None, ReLU, Clip };
 
+// One quantization grid of an activation: real = (q - zp) * scale, q in [0, 255].
+struct QGrid {
+  float scale = 1;
+  int32_t zp = 0;
+};
+
+// The integer elementwise arithmetic (QElementwiseKernels below, and a residual add fused into
+// a convolution): dequantize, compute in float32, quantize with fake-quant's rule
+// clamp(round_half_even(v * (1.0f / scale)) + zp, 0, 255) (v * (1.0f / scale) as PyTorch).
+inline float qdeq(int32_t q, QGrid g) { return (float)(q - g.zp) * g.scale; }
+inline uint8_t qquant(float v, QGrid g) {
+  float r = std::nearbyintf(v * (1.0f / g.scale)) + (float)g.zp;
+  return (uint8_t)std::min(255.0f, std::max(0.0f, r));
+}
+
+// A residual add fused into a convolution (oneDNN's sum post-op): y holds the residual's levels
+// (grid `residual`) when the convolution runs; each element becomes the integer add of the
+// convolution's level q (the rule above: q on the conv's own grid `conv`, whose zero point is
+// Requant::out_zp) and that residual level, exactly as QElementwiseKernels::add computes it, with
+// the convolution as input `conv_input` (0: a, 1: b) of the add:
+//   y = qquant(qdeq(a, ga) + qdeq(b, gb), out)
+// So a fused layer equals the two layers it replaces bit for bit, q's rounding included.
+struct QSum {
+  QGrid conv, residual, out;
+  int conv_input = 1;
+};
+
 // How the int32 accumulator becomes the uint8 output (the rule above).
 struct Requant {
   int32_t in_zp = 0, out_zp = 0;  // in [0, 255]
@@ -52,6 +81,7 @@ struct Requant {
   const int32_t* bias = nullptr;     // [O] bias_q in accumulator units, or nullptr
   QAct act = QAct::None;
   float clip_hi = 0;                 // QAct::Clip: the upper bound of v (6 / out_scale)
+  const QSum* sum = nullptr;         // a fused residual add (conv2d only), or nullptr
 };
 
 // A convolution prepared once for a geometry, its weights and its requantization constants
@@ -94,12 +124,6 @@ void cpu_qconv2d_at(int position, const Conv2dGeom& g, const uint8_t* x, const i
 // kernels/ref/elementwise.cpp): relu, relu6, hardswish x relu6(x + 3) / 6, sigmoid
 // 1 / (1 + exp(-x)), silu x / (1 + exp(-x)), hardsigmoid relu6(x + 3) / 6.
 enum class QActivation { ReLU, ReLU6, Hardswish, Sigmoid, SiLU, Hardsigmoid };
-
-// One quantization grid of an activation: real = (q - zp) * scale, q in [0, 255].
-struct QGrid {
-  float scale = 1;
-  int32_t zp = 0;
-};
 
 // The integer elementwise and pooling ops between integer layers. Each computes the real result
 // from the dequantized inputs in float32 and quantizes it onto the output grid with

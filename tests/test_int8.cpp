@@ -58,8 +58,12 @@ std::vector<int8_t> random_s8(int64_t n, Generator& g) {
   return v;
 }
 
-// Runs one case on both tables; returns {elements differing, largest difference}.
-std::pair<int64_t, int> compare_conv(const QConvCase& c, uint64_t seed) {
+// Runs one case on both tables; returns {elements differing, largest difference}. With `sum`,
+// the conv has a fused residual add: every output buffer starts as the same random residual,
+// and the fused reference is first checked against the two layers it replaces (the conv onto
+// its own grid, then the integer add).
+std::pair<int64_t, int> compare_conv(const QConvCase& c, uint64_t seed,
+                                     const k::QSum* sum = nullptr) {
   Generator g(seed);
   k::Conv2dGeom geom{.N = c.N, .C = c.C, .H = c.H, .W = c.W, .O = c.O, .KH = c.KH, .KW = c.KW};
   geom.stride_h = geom.stride_w = c.stride;
@@ -77,13 +81,26 @@ std::pair<int64_t, int> compare_conv(const QConvCase& c, uint64_t seed) {
   std::vector<int64_t> br = randint(-20000, 20000, {c.O}, {}, &g).to_int_vector();
   for (int64_t o = 0; o < c.O; o++) b[o] = (int32_t)br[o];
   k::Requant r{.in_zp = c.in_zp, .out_zp = c.out_zp, .multiplier = m.data(),
-               .bias = c.bias ? b.data() : nullptr, .act = c.act, .clip_hi = 97.0f};
+               .bias = c.bias ? b.data() : nullptr, .act = c.act, .clip_hi = 97.0f, .sum = sum};
   int64_t ny = c.N * geom.OH * geom.OW * c.O;
-  std::vector<uint8_t> y_ref(ny), y_cpu(ny);
+  std::vector<uint8_t> residual = sum ? random_u8(ny, g) : std::vector<uint8_t>(ny);
+  std::vector<uint8_t> y_ref = residual, y_cpu = residual;
   k::QConvKernels::ref.conv2d(geom, x.data(), w.data(), r, y_ref.data());
   k::QConvKernels::cpu.conv2d(geom, x.data(), w.data(), r, y_cpu.data());
+  if (sum) {
+    k::Requant plain = r;
+    plain.sum = nullptr;
+    std::vector<uint8_t> q(ny), y_two(ny);
+    k::QConvKernels::ref.conv2d(geom, x.data(), w.data(), plain, q.data());
+    const uint8_t* a = sum->conv_input == 1 ? residual.data() : q.data();
+    const uint8_t* bb = sum->conv_input == 1 ? q.data() : residual.data();
+    k::QGrid ga = sum->conv_input == 1 ? sum->residual : sum->conv;
+    k::QGrid gb = sum->conv_input == 1 ? sum->conv : sum->residual;
+    k::QElementwiseKernels::ref.add(a, ga, bb, gb, y_two.data(), sum->out, ny);
+    CHECK(y_two == y_ref);
+  }
   // The prepared (plan) path of both tables, weights freed after prepare: the same outputs.
-  std::vector<uint8_t> y_plan_cpu(ny), y_plan_ref(ny);
+  std::vector<uint8_t> y_plan_cpu = residual, y_plan_ref = residual;
   {
     std::vector<int8_t> w_copy = w;
     auto pc = k::QConvKernels::cpu.prepare_conv2d(geom, w_copy.data(), r);
@@ -99,7 +116,7 @@ std::pair<int64_t, int> compare_conv(const QConvCase& c, uint64_t seed) {
   std::vector<std::string> impls = k::cpu_qconv2d_impls(geom, r);
   CHECK(!impls.empty());
   for (int pos = 0; pos < (int)impls.size(); pos++) {
-    std::vector<uint8_t> y_impl(ny);
+    std::vector<uint8_t> y_impl = residual;
     k::cpu_qconv2d_at(pos, geom, x.data(), w.data(), r, y_impl.data());
     CHECK_MESSAGE(y_impl == y_ref, "oneDNN implementation " << impls[pos]);
   }
@@ -270,6 +287,33 @@ TEST_CASE("integer conv: oneDNN u8 x s8 equals the reference loops (geometry, ze
   for (const auto& c : cases) {
     INFO("case " << i);
     auto [bad, worst] = compare_conv(c, 100 + i++);
+    CHECK_MESSAGE(bad == 0, bad << " outputs differ, by up to " << worst);
+  }
+}
+
+TEST_CASE("integer conv with a fused residual add (sum post-op) equals conv, then the add") {
+  // The conv's grid, the residual's and the sum's all differ; the conv as either input of the
+  // add; MobileNetV2's projection (1x1, no activation) and ResNet's 3x3, plus an activation, a
+  // depthwise conv and zero points at the range ends.
+  using A = k::QAct;
+  std::vector<QConvCase> cases = {
+      // N  C   H   W   O  KH KW s  p  d  g  bias act     in_zp out_zp mult
+      {1, 96, 7, 7, 24, 1, 1, 1, 0, 1, 1, true, A::None, 0, 128, 0.003f},
+      {1, 144, 6, 5, 32, 1, 1, 1, 0, 1, 1, true, A::None, 3, 121, 0.002f},
+      {2, 64, 9, 9, 64, 3, 3, 1, 1, 1, 1, true, A::None, 0, 64, 0.0005f},
+      {1, 16, 8, 8, 16, 3, 3, 1, 1, 1, 16, true, A::Clip, 255, 0, 0.01f},
+      {2, 12, 5, 7, 20, 3, 3, 1, 1, 1, 1, false, A::ReLU, 17, 255, 0.003f},
+  };
+  std::vector<k::QSum> sums = {
+      {.conv = {0.05f, 128}, .residual = {0.04f, 100}, .out = {0.07f, 117}, .conv_input = 1},
+      {.conv = {0.02f, 121}, .residual = {0.1f, 0}, .out = {0.09f, 60}, .conv_input = 0},
+      {.conv = {0.03f, 64}, .residual = {0.03f, 64}, .out = {0.03f, 64}, .conv_input = 1},
+      {.conv = {0.5f, 0}, .residual = {0.002f, 255}, .out = {0.01f, 3}, .conv_input = 0},
+      {.conv = {0.013f, 255}, .residual = {0.02f, 7}, .out = {0.04f, 255}, .conv_input = 1},
+  };
+  for (size_t i = 0; i < cases.size(); i++) {
+    INFO("case " << i);
+    auto [bad, worst] = compare_conv(cases[i], 300 + i, &sums[i]);
     CHECK_MESSAGE(bad == 0, bad << " outputs differ, by up to " << worst);
   }
 }

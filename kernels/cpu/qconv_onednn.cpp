@@ -20,6 +20,7 @@
 // points) on the user's [O, I] weights seen as [I, O] with strides (1, I), without a reorder:
 // measured on the CNN's fc1 (3136 -> 128), reordering into the `any` layout on every call cost
 // 0.136 ms at batch 1 against 0.026 ms without it, and 0.48 against 0.39 ms at batch 64.
+#include <array>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -39,6 +40,21 @@ void* mut(const void* p) { return const_cast<void*>(p); }
 
 // Output scales (`O` constants, or run-time values when O == 0), run-time zero points (those that
 // are not 0) and the activation post-op.
+// The fused add's binary post-ops (qattr): each reads one float, a {1, 1, 1, 1} tensor broadcast
+// over the output: + zp_c, - zp_c, * (1 / s_out), at these positions of the chain.
+memory::desc scalar_md() { return memory::desc({1, 1, 1, 1}, dt::f32, tag::abcd); }
+std::array<int, 3> sum_binary_positions(const Requant& r) {
+  int b = r.act != QAct::None; // the activation comes first
+  return {b, b + 3, b + 6};
+}
+std::array<float, 3> sum_scalars(const Requant& r) {
+  return {(float)r.out_zp, -(float)r.out_zp, 1.0f / r.sum->out.scale};
+}
+
+// The destination zero point oneDNN adds last: the sum's when an add is fused (the conv's own
+// is then one of the post-ops), else the conv's.
+int32_t dst_zp(const Requant& r) { return r.sum ? r.sum->out.zp : r.out_zp; }
+
 dnnl::primitive_attr qattr(const Requant& r, int64_t O) {
   dnnl::primitive_attr attr = on::scratchpad_attr();
   if (O > 0)
@@ -46,10 +62,28 @@ dnnl::primitive_attr qattr(const Requant& r, int64_t O) {
   else
     attr.set_output_scales(1 << 1, {DNNL_RUNTIME_F32_VAL});
   if (r.in_zp != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
-  if (r.out_zp != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {DNNL_RUNTIME_S32_VAL});
+  if (dst_zp(r) != 0) attr.set_zero_points(DNNL_ARG_DST, 0, {DNNL_RUNTIME_S32_VAL});
   dnnl::post_ops po;
   if (r.act == QAct::ReLU) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
   if (r.act == QAct::Clip) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, 0.0f, r.clip_hi);
+  if (r.sum) {
+    // The fused add of kernels/qconv.h, one float32 operation of the reference per post-op, in
+    // its order: the conv's level q = clamp(round(v + zp_c), 0, 255), its value (q - zp_c) * s_c,
+    // plus (residual - zp_r) * s_r (the sum post-op, reading dst), times 1 / s_out, rounded; the
+    // destination zero point is the sum's. The additions of zp_c and the 1 / s_out are binary
+    // post-ops reading one float each (sum_scalars): oneDNN 2.6 gives every eltwise_linear of a
+    // chain the alpha and beta of the first one, so only one linear is used.
+    const QSum& s = *r.sum;
+    using dnnl::algorithm;
+    po.append_binary(algorithm::binary_add, scalar_md());
+    po.append_eltwise(1.0f, algorithm::eltwise_round, 0.0f, 0.0f);
+    po.append_eltwise(1.0f, algorithm::eltwise_clip, 0.0f, 255.0f);
+    po.append_binary(algorithm::binary_add, scalar_md());
+    po.append_eltwise(1.0f, algorithm::eltwise_linear, s.conv.scale, 0.0f);
+    po.append_sum(s.residual.scale, s.residual.zp, dt::u8);
+    po.append_binary(algorithm::binary_mul, scalar_md());
+    po.append_eltwise(1.0f, algorithm::eltwise_round, 0.0f, 0.0f);
+  }
   attr.set_post_ops(po);
   return attr;
 }
@@ -62,17 +96,27 @@ int64_t float_bits(float f) {
 
 // The run-time arguments: the zero points that are not 0, and the output scales when
 // `runtime_scales`.
+// zps (2 values) and scalars (3) are the caller's storage for the argument memories.
 void add_runtime_args(std::unordered_map<int, memory>& args, const Requant& r, int64_t O,
-                      bool runtime_scales, int32_t* zps) {
+                      bool runtime_scales, int32_t* zps, float* scalars) {
+  if (r.sum) {
+    std::array<float, 3> v = sum_scalars(r);
+    std::array<int, 3> pos = sum_binary_positions(r);
+    for (int i = 0; i < 3; i++) {
+      scalars[i] = v[i];
+      args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(pos[i]) | DNNL_ARG_SRC_1] =
+          memory(scalar_md(), on::engine(), &scalars[i]);
+    }
+  }
   zps[0] = r.in_zp;
-  zps[1] = r.out_zp;
+  zps[1] = dst_zp(r);
   if (runtime_scales)
     args[DNNL_ARG_ATTR_OUTPUT_SCALES] =
         memory(memory::desc({O}, dt::f32, tag::x), on::engine(), mut(r.multiplier));
   if (r.in_zp != 0)
     args[DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC] =
         memory(memory::desc({1}, dt::s32, tag::x), on::engine(), &zps[0]);
-  if (r.out_zp != 0)
+  if (zps[1] != 0)
     args[DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST] =
         memory(memory::desc({1}, dt::s32, tag::x), on::engine(), &zps[1]);
 }
@@ -117,11 +161,12 @@ QConvEntry make_entry(const Conv2dGeom& g, const QConvPD& pd) {
 void run_entry(const QConvEntry& e, const Conv2dGeom& g, const uint8_t* x, const memory& w,
                const Requant& r, uint8_t* y) {
   int32_t zps[2];
+  float scalars[3];
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(e.src, on::engine(), mut(x))},
                                        {DNNL_ARG_WEIGHTS, w},
                                        {DNNL_ARG_DST, memory(e.dst, on::engine(), y)}};
   if (r.bias) args[DNNL_ARG_BIAS] = memory(e.bias, on::engine(), mut(r.bias));
-  add_runtime_args(args, r, g.O, false, zps);
+  add_runtime_args(args, r, g.O, false, zps, scalars);
   on::execute(e.prim, e.scratchpad, std::move(args));
 }
 
@@ -145,8 +190,13 @@ const QConvEntry& qconv_entry(const Conv2dGeom& g, const Requant& r) {
   on::Key key{on::num_threads(), g.N,       g.C,       g.H,     g.W,     g.O,
               g.KH,              g.KW,      g.OH,      g.OW,    g.stride_h, g.stride_w,
               g.pad_h,           g.pad_w,   g.dil_h,   g.dil_w, g.groups, r.bias != nullptr,
-              (int64_t)r.act,    float_bits(r.clip_hi), r.in_zp != 0, r.out_zp != 0};
+              (int64_t)r.act,    float_bits(r.clip_hi), r.in_zp != 0, dst_zp(r) != 0};
   for (int64_t o = 0; o < g.O; o++) key.push_back(float_bits(r.multiplier[o]));
+  if (r.sum) // the fused add's constants are in the post-ops (the conv's zero point too)
+    for (int64_t v : {(int64_t)float_bits(r.sum->conv.scale), (int64_t)r.sum->conv.zp,
+                      (int64_t)float_bits(r.sum->residual.scale), (int64_t)r.sum->residual.zp,
+                      (int64_t)float_bits(r.sum->out.scale), (int64_t)r.out_zp})
+      key.push_back(v);
   return cache.get(key, [&] {
     auto desc = qconv_desc(g, r);
     dnnl::primitive_attr attr = qattr(r, g.O);
@@ -170,6 +220,7 @@ struct CpuQConvPlan : QConvPlan {
   std::unique_ptr<on::Buffer> weights;
   std::vector<int32_t> bias;
   int32_t zps[2] = {0, 0};
+  std::array<float, 3> scalars{}; // the fused add's (sum_scalars)
   std::unique_ptr<on::Bound> bound;
 };
 
@@ -186,7 +237,7 @@ std::shared_ptr<const QConvPlan> cpu_prepare_qconv2d(const Conv2dGeom& g, const 
   else
     std::memcpy(p->weights->data(), w, ro.to.get_size());
   p->zps[0] = r.in_zp;
-  p->zps[1] = r.out_zp;
+  p->zps[1] = dst_zp(r);
   p->bound = std::make_unique<on::Bound>(e.prim, e.scratchpad);
   p->bound->bind(DNNL_ARG_SRC, e.src);
   p->bound->bind(DNNL_ARG_DST, e.dst);
@@ -198,17 +249,24 @@ std::shared_ptr<const QConvPlan> cpu_prepare_qconv2d(const Conv2dGeom& g, const 
   if (r.in_zp != 0)
     p->bound->bind(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, memory::desc({1}, dt::s32, tag::x),
                   &p->zps[0]);
-  if (r.out_zp != 0)
+  if (p->zps[1] != 0)
     p->bound->bind(DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_DST, memory::desc({1}, dt::s32, tag::x),
                   &p->zps[1]);
+  if (r.sum) {
+    p->scalars = sum_scalars(r);
+    std::array<int, 3> pos = sum_binary_positions(r);
+    for (int i = 0; i < 3; i++)
+      p->bound->bind(DNNL_ARG_ATTR_MULTIPLE_POST_OP(pos[i]) | DNNL_ARG_SRC_1, scalar_md(),
+                     &p->scalars[i]);
+  }
   return p;
 }
 
 void cpu_run_qconv2d(const QConvPlan& plan, const uint8_t* x, const Requant& r, uint8_t* y) {
   const auto& p = dynamic_cast<const CpuQConvPlan&>(plan);
-  TB_CHECK(r.in_zp == p.zps[0] && r.out_zp == p.zps[1],
+  TB_CHECK(r.in_zp == p.zps[0] && dst_zp(r) == p.zps[1],
            "qconv2d: the plan was made for zero points {} / {}, run with {} / {}", p.zps[0],
-           p.zps[1], r.in_zp, r.out_zp);
+           p.zps[1], r.in_zp, dst_zp(r));
   p.bound->run({{DNNL_ARG_SRC, x}, {DNNL_ARG_DST, y}});
 }
 
@@ -252,11 +310,12 @@ void cpu_qlinear(int64_t N, int64_t I, int64_t O, const uint8_t* x, const int8_t
     return QLinearEntry{dnnl::matmul(pd), src, user_w, dst, bias, pd.scratchpad_desc()};
   });
   int32_t zps[2];
+  float scalars[3];
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, memory(e.src, on::engine(), mut(x))},
                                        {DNNL_ARG_WEIGHTS, memory(e.weights, on::engine(), mut(w))},
                                        {DNNL_ARG_DST, memory(e.dst, on::engine(), y)}};
   if (with_bias) args[DNNL_ARG_BIAS] = memory(e.bias, on::engine(), mut(r.bias));
-  add_runtime_args(args, r, O, true, zps);
+  add_runtime_args(args, r, O, true, zps, scalars);
   on::execute(e.prim, e.scratchpad, std::move(args));
 }
 

@@ -41,7 +41,15 @@ void ref_qconv2d(const Conv2dGeom& g, const uint8_t* x, const int8_t* w, const R
                 int32_t wv = w[((o * Cg + c) * g.KH + kh) * g.KW + kw];
                 acc += (xv - r.in_zp) * wv;
               }
-          y[((n * g.OH + oh) * g.OW + ow) * g.O + o] = requantize(acc, o, r);
+          uint8_t q = requantize(acc, o, r);
+          uint8_t& out = y[((n * g.OH + oh) * g.OW + ow) * g.O + o];
+          if (r.sum) { // the fused add: `out` holds the residual level
+            const QSum& s = *r.sum;
+            out = s.conv_input == 1 ? qquant(qdeq(out, s.residual) + qdeq(q, s.conv), s.out)
+                                    : qquant(qdeq(q, s.conv) + qdeq(out, s.residual), s.out);
+          } else {
+            out = q;
+          }
         }
 }
 

@@ -10,13 +10,8 @@
 namespace tb::kernels {
 namespace {
 
-float deq(uint8_t q, QGrid g) { return (float)((int32_t)q - g.zp) * g.scale; }
-
-// clamp(round_half_even(v * (1 / scale)) + zp, 0, 255), PyTorch's fake-quant arithmetic.
-uint8_t quant(float v, QGrid g) {
-  float r = std::nearbyintf(v * (1.0f / g.scale)) + (float)g.zp;
-  return (uint8_t)std::min(255.0f, std::max(0.0f, r));
-}
+float deq(uint8_t q, QGrid g) { return qdeq(q, g); }
+uint8_t quant(float v, QGrid g) { return qquant(v, g); }
 
 void ref_qadd(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y, QGrid gy,
               int64_t n) {
