@@ -18,6 +18,10 @@ done
 # The human-readable table too, on a zoo model at a small input.
 "$tb" bench mobilenet_v2 --input 1x28x28 --warmup 0 --iters 2 --threads 1 > "$out/table.txt"
 grep -q "latency ms" "$out/table.txt" || { cat "$out/table.txt"; exit 1; }
+# int8 with the residual adds folded into their conv (--fuse-add): the notes count them.
+"$tb" bench mobilenet_v2 --input 1x28x28 --precision int8 --fuse-add --warmup 0 --iters 2 \
+  --threads 1 > "$out/fused.txt"
+grep -q "10 adds fused into their conv" "$out/fused.txt" || { cat "$out/fused.txt"; exit 1; }
 data=${TB_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
 if [ -f "$data/t10k-images-idx3-ubyte.gz" ]; then
   "$tb" bench cnn --warmup 0 --iters 1 --threads 1 --data "$data" --json > "$out/acc.json"

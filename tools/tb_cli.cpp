@@ -111,6 +111,7 @@ struct BenchOptions {
   bool json = false;
   bool no_optimize = false; // fp32: the model as built (eval mode), for before/after figures
   bool keep_faster = false; // int8: convert keeps float where int8 is not faster (timed)
+  bool fuse_add = false;    // int8: residual adds folded into their conv (sum post-op)
 };
 
 // "3x224x224" -> {3, 224, 224}; tb::Error otherwise.
@@ -197,6 +198,8 @@ int bench(int argc, char** argv) {
                "without optimize_for_inference (the 'before' figure)");
   app.add_flag("--keep-faster", o.keep_faster, "int8: time each integer layer against its float "
                "version on the benchmark's shape and keep float where int8 is not faster");
+  app.add_flag("--fuse-add", o.fuse_add, "int8: fold each residual add into the conv before it "
+               "(oneDNN's sum post-op, exact; quant::ConvertOptions::fuse_add)");
   // argv[1] is "bench": CLI11 sees "tb bench" as the program name.
   if (auto code = ex::parse_flags(app, argc - 1, argv + 1)) return *code;
 
@@ -268,7 +271,7 @@ int bench(int argc, char** argv) {
     if (ckpt_stage == "converted") {
       q::prepare(*qm);
       qr = q::convert(*qm, {.allow_uncalibrated = true, .input_shape = in_shape,
-                            .keep_faster = o.keep_faster});
+                            .keep_faster = o.keep_faster, .fuse_add = o.fuse_add});
       try {
         q::load(*qm, o.checkpoint);
       } catch (const tb::Error& e) {
@@ -300,7 +303,8 @@ int bench(int argc, char** argv) {
         for (const auto& b : loader) (*qm)(b.inputs);
       }
       // The uint8 flow is planned (and, with --keep-faster, each layer timed) on the bench shape.
-      qr = q::convert(*qm, {.input_shape = in_shape, .keep_faster = o.keep_faster});
+      qr = q::convert(*qm, {.input_shape = in_shape, .keep_faster = o.keep_faster,
+                            .fuse_add = o.fuse_add});
       notes = fmt::format("calibrated on {} {} images; {} layers quantized",
                           calib->size(), fm ? "training" : "random", qr.quantized);
     }
@@ -312,6 +316,7 @@ int bench(int argc, char** argv) {
     notes += fmt::format("; conv/linear: {} integer, {} float{}; module outputs: {} uint8, {} "
                          "float", integer, kept_float, o.keep_faster ? " (--keep-faster)" : "",
                          qr.uint8_outputs, qr.float_outputs);
+    if (o.fuse_add) notes += fmt::format("; {} adds fused into their conv", qr.fused_adds);
     run_model = qm;
     size_bytes = file_size_of_saved([&](const std::string& p) { q::save(*qm, p); });
   }

@@ -429,6 +429,28 @@ void update_bn_stats(nn::Module& m);
 // parent's forward), counted in `off_grid_calls`.
 // The kernels follow tb::set_cpu_kernels: oneDNN (Fast) or the reference loops (Reference).
 // Inference only: no gradient flows through the integer path.
+// A residual add folded into the integer conv that feeds it (ConvertOptions::fuse_add): the conv
+// runs oneDNN's sum post-op and returns conv + residual on the add's grid, bit for bit what the
+// conv and then the add compute (kernels/qconv.h, QSum); the add hands that result on. convert
+// plans it from the trace where the add is the only reader of the conv's output and the add's
+// other input is made before the conv runs; a forward hook on the module that makes it stores
+// it here for the conv. Shared by the conv, the add and that hook; a copy of a module (clone())
+// does not take it (the copy runs unfused).
+struct ConvAddFusion {
+  int conv_input = 1;           // which input of the add the conv's output is (0 or 1)
+  nn::Module* add = nullptr;    // the add (its activation_post_process gives the sum's grid)
+  const nn::Module* producer = nullptr; // the module whose output is the residual
+  Tensor residual;              // set by the producer's hook, taken by the conv
+  Tensor result, residual_used; // the conv's fused output and its residual, for the add's check
+};
+// The holder in the conv and the add: a copy is empty (see above).
+struct ConvAddLink {
+  std::shared_ptr<ConvAddFusion> f;
+  ConvAddLink() = default;
+  ConvAddLink(const ConvAddLink&) {}
+  ConvAddLink& operator=(const ConvAddLink&) { f.reset(); return *this; }
+};
+
 class QuantizedConv2d : public nn::Module {
  public:
   QuantizedConv2d(const Tensor& weight_float, const Tensor& bias, Conv2dParams params,
@@ -450,6 +472,7 @@ class QuantizedConv2d : public nn::Module {
   // output grid or a buffer (weight, weight_scale, bias: storage or version) changes.
   std::shared_ptr<void> int8_plan;
   std::shared_ptr<void> float_weight; // the dequantized weight of the float path (cached)
+  ConvAddLink fused_add;              // the add it runs (ConvertOptions::fuse_add), if any
 };
 class QuantizedLinear : public nn::Module {
  public:
@@ -501,6 +524,7 @@ class QuantizedAdd : public nn::Add {
   explicit QuantizedAdd(const nn::Add& m) : nn::Add(m) {}
   Tensor forward_list(const std::vector<Tensor>& xs) override;
   TB_MODULE(QuantizedAdd)
+  ConvAddLink fused_conv; // the conv that computes this add (ConvertOptions::fuse_add), if any
 };
 // Same-shape products, and the SE gate [N, C, H, W] * [N, C, 1, 1] (either order).
 class QuantizedMul : public nn::Mul {
@@ -673,6 +697,8 @@ struct ConversionReport {
   // those that stay float (each with the path of its producer and the reason).
   int64_t uint8_outputs = 0, float_outputs = 0;
   std::vector<std::string> float_output_reasons;
+  // With ConvertOptions::fuse_add: the residual adds folded into the conv before them.
+  int64_t fused_adds = 0;
   std::string str() const; // a table
 };
 
@@ -703,6 +729,13 @@ struct ConvertOptions {
   // int8 is not faster. The report gives both times and the choice.
   bool keep_faster = false;
   int timing_runs = 7;
+  // With input_shape: fold each residual add into the integer conv that feeds it (oneDNN's sum
+  // post-op; ConvAddFusion says when). The result is equal bit for bit; the report counts them
+  // and names the pairs. Off by default: to stay exact, the conv's own rounding is replayed as
+  // eight post-ops, which cost as much as the add they save (MobileNetV2 int8 2.03 -> 2.04 ms
+  // p50) or more (ResNet-18 2.53 -> 2.67 ms: oneDNN's AMX kernels run the chain slowly), measured
+  // on this machine's AVX-512 / AMX CPU, 2 threads (docs/benchmarks.md, session 7).
+  bool fuse_add = false;
 };
 // Replaces conv / linear (float, fused, QAT) by QuantizedConv2d / QuantizedLinear with int8
 // weights and their qparams, and every observer / fake-quant by a fixed Quantize. Each converted

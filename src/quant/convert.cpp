@@ -387,6 +387,60 @@ void time_layer(Layer& m, const std::string& path, const Shape& shape, int runs,
     }
 }
 
+// ConvertOptions::fuse_add, once the uint8 flow is planned: each add (called once) whose input k
+// is the output of an integer conv (called once) that travels as uint8 and that no other module
+// reads, and whose other input was made before that conv ran, is folded into the conv
+// (ConvAddFusion). A hook on the module that made the other input (the first one, innermost, to
+// return it) hands it to the conv at each call. `readers` as plan_flow's.
+void plan_conv_add(const std::vector<TraceCall>& calls,
+                   const std::map<StorageId, std::vector<nn::Module*>>& readers,
+                   std::map<const nn::Module*, std::string>& path_of, ConversionReport& report) {
+  std::map<const nn::Module*, int> times_called;
+  std::map<StorageId, size_t> made_by; // the first call returning each storage (not a Quantize)
+  for (size_t i = 0; i < calls.size(); i++) {
+    nn::Module* m = calls[i].module;
+    if (!m) continue;
+    times_called[m]++;
+    if (role(*m) != Role::Internal) made_by.emplace(calls[i].output, i);
+  }
+  for (const TraceCall& c : calls) {
+    auto* add = dynamic_cast<QuantizedAdd*>(c.module);
+    if (!add || times_called[add] != 1 || c.inputs.size() != 2 || !int8::output_grid_of(*add))
+      continue;
+    for (int k : {1, 0}) { // the conv as the add's second input first (MobileNetV2's x + conv(x))
+      StorageId s = c.inputs[k], r = c.inputs[1 - k];
+      auto ic = made_by.find(s), ir = made_by.find(r);
+      if (s == r || ic == made_by.end() || ir == made_by.end() || ir->second >= ic->second) continue;
+      auto* conv = dynamic_cast<QuantizedConv2d*>(calls[ic->second].module);
+      if (!conv || !conv->integer || times_called[conv] != 1 || conv->fused_add.f) continue;
+      auto* q = conv->has_child("activation_post_process")
+                    ? dynamic_cast<Quantize*>(conv->child("activation_post_process").get())
+                    : nullptr;
+      auto rd = readers.find(s);
+      if (!q || !q->emit_uint8 || rd == readers.end() ||
+          rd->second != std::vector<nn::Module*>{add})
+        continue;
+      auto f = std::make_shared<ConvAddFusion>();
+      f->conv_input = k;
+      f->add = add;
+      f->producer = calls[ir->second].module;
+      conv->fused_add.f = add->fused_conv.f = f;
+      std::weak_ptr<ConvAddFusion> w = f;
+      calls[ir->second].module->register_forward_hook(
+          [w](nn::Module& mod, const std::vector<Tensor>&, const Tensor& y) {
+            if (auto f = w.lock(); f && &mod == f->producer) f->residual = y; // not a clone's
+            return Tensor();
+          });
+      report.fused_adds++;
+      for (LayerReport& l : report.layers)
+        if (l.path == path_of[conv])
+          l.reason += fmt::format("; with the add '{}' (sum post-op, residual from '{}')",
+                                  path_of[add], path_of[f->producer]);
+      break;
+    }
+  }
+}
+
 void plan_flow(nn::Module& model, const ConvertOptions& o, ConversionReport& report) {
   std::map<const nn::Module*, std::string> path_of;
   for (auto& [path, m] : model.named_modules()) path_of[m] = path.empty() ? "(root)" : path;
@@ -457,6 +511,7 @@ void plan_flow(nn::Module& model, const ConvertOptions& o, ConversionReport& rep
       report.float_output_reasons.push_back(path_of[e] + ": float, " + refusal[e]);
     }
   }
+  if (o.fuse_add) plan_conv_add(calls, readers, path_of, report);
 }
 
 } // namespace

@@ -364,6 +364,7 @@ std::optional<QGrid> quantize_input(const nn::Module& m, const Tensor& x, int64_
 struct RequantData {
   std::vector<float> multiplier;
   std::vector<int32_t> bias;
+  kernels::QSum sum; // a fused add's grids (r.sum points here when there is one)
   kernels::Requant r;
 };
 void fill_requant(RequantData& d, const nn::Module& m, QGrid in, QGrid out, int64_t O,
@@ -459,9 +460,14 @@ struct LayerPlan {
 
 template <class Layer>
 LayerPlan& layer_plan(Layer& m, const Shape& in_shape, QGrid in, QGrid out, int64_t O,
-                      const std::function<void(LayerPlan&)>& make) {
+                      const std::function<void(LayerPlan&)>& make,
+                      const kernels::QSum* sum = nullptr) {
   const kernels::QConvKernels& table = qconv_table();
   std::vector<int64_t> key = plan_key(m, &table, in_shape, in, out);
+  if (sum)
+    for (int64_t v : {bits_of(sum->residual.scale), (int64_t)sum->residual.zp,
+                      bits_of(sum->out.scale), (int64_t)sum->out.zp, (int64_t)sum->conv_input})
+      key.push_back(v);
   auto* c = static_cast<LayerPlan*>(m.int8_plan.get());
   if (c && c->key == key) return *c;
   auto fresh = std::make_shared<LayerPlan>();
@@ -469,6 +475,10 @@ LayerPlan& layer_plan(Layer& m, const Shape& in_shape, QGrid in, QGrid out, int6
   for (const char* name : {"weight", "weight_scale", "bias"})
     if (Tensor t = m.find(name); t.defined()) fresh->buffers.push_back(t);
   fill_requant(fresh->rd, m, in, out, O, m.act);
+  if (sum) {
+    fresh->rd.sum = *sum;
+    fresh->rd.r.sum = &fresh->rd.sum;
+  }
   make(*fresh);
   m.int8_plan = fresh;
   return *fresh;
@@ -501,12 +511,36 @@ Tensor conv2d_forward(QuantizedConv2d& m, const Tensor& x) {
     if (!in_grid) return Tensor();
     in = *in_grid;
   }
-  LayerPlan& plan = layer_plan(m, x.shape(), in, out, O, [&](LayerPlan& p) {
-    Tensor w = m.int_weight().contiguous();
-    p.conv = qconv_table().prepare_conv2d(g, w.data<int8_t>(), p.rd.r);
-  });
-  Tensor y = new_activation({g.N, O, g.OH, g.OW}, out);
+  // A fused add (ConvAddFusion): the residual its producer's hook stored, if it is a uint8
+  // activation of the output's shape and the add's grid is known; else the plain conv (the add
+  // then adds as usual).
+  Shape out_shape{g.N, O, g.OH, g.OW};
+  Tensor residual;
+  std::optional<kernels::QSum> sum;
+  if (ConvAddFusion* f = m.fused_add.f.get()) {
+    residual = std::move(f->residual);
+    f->residual = f->result = f->residual_used = Tensor();
+    std::optional<QGrid> gr = residual.defined() ? activation_grid(residual) : std::nullopt;
+    std::optional<QGrid> gs = output_grid_of(*f->add);
+    if (gr && gs && residual.shape() == out_shape)
+      sum = kernels::QSum{.conv = out, .residual = *gr, .out = *gs, .conv_input = f->conv_input};
+  }
+  LayerPlan& plan = layer_plan(
+      m, x.shape(), in, out, O,
+      [&](LayerPlan& p) {
+        Tensor w = m.int_weight().contiguous();
+        p.conv = qconv_table().prepare_conv2d(g, w.data<int8_t>(), p.rd.r);
+      },
+      sum ? &*sum : nullptr);
+  Tensor y = new_activation(out_shape, sum ? sum->out : out);
+  if (sum) // the sum post-op reads the residual from the output buffer
+    std::memcpy(y.data<uint8_t>(), dense_activation(residual, sum->residual).data<uint8_t>(),
+                (size_t)y.numel());
   qconv_table().run_conv2d(*plan.conv, xq.data<uint8_t>(), plan.rd.r, y.data<uint8_t>());
+  if (sum) {
+    m.fused_add.f->result = y;
+    m.fused_add.f->residual_used = residual;
+  }
   return y;
 }
 

@@ -31,7 +31,21 @@ Tensor dequantize(const Tensor& x) {
 
 Tensor DeQuantStub::forward(const Tensor& x) { return dequantize(x); }
 
+// A fused add (ConvAddFusion): the conv already returned conv + residual; it is handed on when
+// this call's inputs are that result and that residual (else the forward is not the traced one:
+// the sum cannot be undone, so it is an error, never a second addition).
 Tensor QuantizedAdd::forward_list(const std::vector<Tensor>& xs) {
+  if (ConvAddFusion* f = fused_conv.f.get(); f && f->result.defined()) {
+    Tensor y = f->result, r = f->residual_used;
+    f->result = f->residual_used = Tensor();
+    int k = f->conv_input;
+    TB_CHECK(xs.size() == 2 && xs[k].is_same(y) && xs[1 - k].is_same(r),
+             "QuantizedAdd: its conv already added the residual (an add fused into the conv, "
+             "ConvertOptions::fuse_add), but this call's inputs are not that conv's output and "
+             "that residual: the forward differs from the one convert traced (convert with "
+             "fuse_add = false for such a model)");
+    return y;
+  }
   if (Tensor y = int8::add_forward(*this, xs); y.defined()) return y;
   return nn::Add::forward_list(dequantized(xs));
 }
