@@ -437,9 +437,9 @@ void update_bn_stats(nn::Module& m);
 // it here for the conv. Shared by the conv, the add and that hook; a copy of a module (clone())
 // does not take it (the copy runs unfused).
 struct ConvAddFusion {
-  int conv_input = 1;           // which input of the add the conv's output is (0 or 1)
-  nn::Module* add = nullptr;    // the add (its activation_post_process gives the sum's grid)
-  const nn::Module* producer = nullptr; // the module whose output is the residual
+  int conv_input = 1;                 // which input of the add the conv's output is (0 or 1)
+  std::weak_ptr<nn::Module> add_output; // the add's Quantize: the sum's grid
+  const nn::Module* producer = nullptr; // the module whose output is the residual (compared only)
   Tensor residual;              // set by the producer's hook, taken by the conv
   Tensor result, residual_used; // the conv's fused output and its residual, for the add's check
 };

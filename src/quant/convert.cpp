@@ -422,7 +422,7 @@ void plan_conv_add(const std::vector<TraceCall>& calls,
         continue;
       auto f = std::make_shared<ConvAddFusion>();
       f->conv_input = k;
-      f->add = add;
+      f->add_output = add->child("activation_post_process");
       f->producer = calls[ir->second].module;
       conv->fused_add.f = add->fused_conv.f = f;
       std::weak_ptr<ConvAddFusion> w = f;

@@ -199,13 +199,17 @@ Tensor flatten_nhwc(const Tensor& x_in, QGrid g) {
 
 std::optional<QGrid> output_grid_of(const nn::Module& m) {
   if (!m.has_child("activation_post_process")) return std::nullopt;
-  auto* q = dynamic_cast<Quantize*>(m.child("activation_post_process").get());
+  return quantize_grid(*m.child("activation_post_process"), m.type_name());
+}
+
+std::optional<QGrid> quantize_grid(const nn::Module& module, const std::string& owner) {
+  auto* q = dynamic_cast<const Quantize*>(&module);
   if (q == nullptr || q->qmin != 0 || q->qmax != 255) return std::nullopt;
   Tensor s = q->get("scale"), z = q->get("zero_point");
   if (s.device() == kCPU && s.dtype() == kFloat32 && z.dtype() == kInt32 && s.numel() == 1 &&
       z.numel() == 1) // the usual buffers, read without a dispatch (once per layer and call)
     return QGrid{s.data<float>()[0], z.data<int32_t>()[0]};
-  return grid_of(q->qparams(), m.type_name());
+  return grid_of(q->qparams(), owner);
 }
 
 namespace {
@@ -521,7 +525,9 @@ Tensor conv2d_forward(QuantizedConv2d& m, const Tensor& x) {
     residual = std::move(f->residual);
     f->residual = f->result = f->residual_used = Tensor();
     std::optional<QGrid> gr = residual.defined() ? activation_grid(residual) : std::nullopt;
-    std::optional<QGrid> gs = output_grid_of(*f->add);
+    nn::ModulePtr add_quantize = f->add_output.lock(); // gone if the add was removed
+    std::optional<QGrid> gs =
+        add_quantize ? quantize_grid(*add_quantize, "QuantizedAdd") : std::nullopt;
     if (gr && gs && residual.shape() == out_shape)
       sum = kernels::QSum{.conv = out, .residual = *gr, .out = *gs, .conv_input = f->conv_input};
   }

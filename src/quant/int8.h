@@ -43,6 +43,9 @@ Tensor dequantize_activation(const Tensor& q, kernels::QGrid g);
 Tensor flatten_nhwc(const Tensor& x, kernels::QGrid g);
 // The grid of module m's Quantize (its activation_post_process), when it has an 8-bit [0, 255] one.
 std::optional<kernels::QGrid> output_grid_of(const nn::Module& m);
+// The grid of a uint8 [0, 255] Quantize module (nullopt for anything else); `owner` names the
+// module it belongs to in errors.
+std::optional<kernels::QGrid> quantize_grid(const nn::Module& q, const std::string& owner);
 
 // ---- the integer forwards ---------------------------------------------------------------------
 
