@@ -25,7 +25,8 @@
 // Three tables:
 //   QConvKernels::ref  — kernels/ref/qconv.cpp: plain loops, the specification;
 //   QConvKernels::cpu  — kernels/cpu/qconv_onednn.cpp: oneDNN u8 x s8 convolution / matmul with
-//                        output scales, src / dst zero points, s32 bias and ReLU / clip post-ops,
+//                        output scales, src / dst zero points, s32 bias, ReLU / clip post-ops and
+//                        a fused residual add (QSum below) as a chain ending in the sum post-op,
 //                        primitives cached per geometry (and, for convs, output scales);
 //   QConvKernels::cuda — none (null).
 // QElementwiseKernels (add, mul, cat, activations, max / average pooling): the

@@ -38,8 +38,6 @@ using tag = memory::format_tag;
 
 void* mut(const void* p) { return const_cast<void*>(p); }
 
-// Output scales (`O` constants, or run-time values when O == 0), run-time zero points (those that
-// are not 0) and the activation post-op.
 // The fused add's binary post-ops (qattr): each reads one float, a {1, 1, 1, 1} tensor broadcast
 // over the output: + zp_c, - zp_c, * (1 / s_out), at these positions of the chain.
 memory::desc scalar_md() { return memory::desc({1, 1, 1, 1}, dt::f32, tag::abcd); }
@@ -55,6 +53,8 @@ std::array<float, 3> sum_scalars(const Requant& r) {
 // is then one of the post-ops), else the conv's.
 int32_t dst_zp(const Requant& r) { return r.sum ? r.sum->out.zp : r.out_zp; }
 
+// Output scales (`O` constants, or run-time values when O == 0), run-time zero points (those that
+// are not 0), the activation post-op and a fused add's chain.
 dnnl::primitive_attr qattr(const Requant& r, int64_t O) {
   dnnl::primitive_attr attr = on::scratchpad_attr();
   if (O > 0)
@@ -94,9 +94,9 @@ int64_t float_bits(float f) {
   return i;
 }
 
-// The run-time arguments: the zero points that are not 0, and the output scales when
-// `runtime_scales`.
-// zps (2 values) and scalars (3) are the caller's storage for the argument memories.
+// The run-time arguments: the zero points that are not 0, a fused add's scalars, and the output
+// scales when `runtime_scales`. zps (2 values) and scalars (3) are the caller's storage for the
+// argument memories.
 void add_runtime_args(std::unordered_map<int, memory>& args, const Requant& r, int64_t O,
                       bool runtime_scales, int32_t* zps, float* scalars) {
   if (r.sum) {

@@ -27,7 +27,8 @@ std::shared_ptr<const std::vector<std::pair<int, Fn>>> without(
 template <class Fn>
 std::shared_ptr<const std::vector<std::pair<int, Fn>>> with(
     const std::shared_ptr<const std::vector<std::pair<int, Fn>>>& l, int id, Fn fn) {
-  auto v = std::make_shared<std::vector<std::pair<int, Fn>>>(l ? *l : std::vector<std::pair<int, Fn>>{});
+  auto v = std::make_shared<std::vector<std::pair<int, Fn>>>();
+  if (l) *v = *l;
   v->emplace_back(id, std::move(fn));
   return v;
 }
