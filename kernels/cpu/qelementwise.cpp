@@ -32,7 +32,6 @@ constexpr int64_t kParallelMin = 1 << 15, kParallelMinArith = 1 << 12;
 #define TB_WIDE
 #endif
 
-inline float deq(int32_t q, QGrid g) { return (float)(q - g.zp) * g.scale; }
 // As the reference: v * (1 / scale), rounded half to even, plus zp, clamped.
 inline uint8_t quant(float v, float inv_scale, float zp) {
   float r = std::nearbyintf(v * inv_scale) + zp;
@@ -89,7 +88,7 @@ void cpu_qmul(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y
 template <class F> std::array<uint8_t, 256> level_table(QGrid gx, QGrid gy, F f) {
   std::array<uint8_t, 256> t;
   float inv = 1.0f / gy.scale, zp = (float)gy.zp;
-  for (int q = 0; q < 256; q++) t[q] = quant(f(deq(q, gx)), inv, zp);
+  for (int q = 0; q < 256; q++) t[q] = quant(f(qdeq(q, gx)), inv, zp);
   return t;
 }
 
@@ -202,7 +201,7 @@ void cpu_qavg_pool2d(const uint8_t* x, QGrid gx, int64_t N, int64_t C, int64_t H
           for (int64_t iw = std::max<int64_t>(w0, 0); iw < std::min(w1, W); iw++) {
             const uint8_t* xr = x + ((n * H + ih) * W + iw) * C;
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) s[c] += deq(xr[c], gx);
+            for (int64_t c = 0; c < C; c++) s[c] += qdeq(xr[c], gx);
           }
         float count = (float)((h1 - h0) * (w1 - w0));
         uint8_t* yr = y + ((n * OH + oh) * OW + ow) * C;

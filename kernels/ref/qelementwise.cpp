@@ -10,12 +10,9 @@
 namespace tb::kernels {
 namespace {
 
-float deq(uint8_t q, QGrid g) { return qdeq(q, g); }
-uint8_t quant(float v, QGrid g) { return qquant(v, g); }
-
 void ref_qadd(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y, QGrid gy,
               int64_t n) {
-  for (int64_t i = 0; i < n; i++) y[i] = quant(deq(a[i], ga) + deq(b[i], gb), gy);
+  for (int64_t i = 0; i < n; i++) y[i] = qquant(qdeq(a[i], ga) + qdeq(b[i], gb), gy);
 }
 
 void ref_qmul(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y, QGrid gy,
@@ -25,7 +22,7 @@ void ref_qmul(const uint8_t* a, QGrid ga, const uint8_t* b, QGrid gb, uint8_t* y
       for (int64_t c = 0; c < C; c++) {
         int64_t i = (n * P + p) * C + c;
         uint8_t bv = b_broadcast ? b[n * C + c] : b[i];
-        y[i] = quant(deq(a[i], ga) * deq(bv, gb), gy);
+        y[i] = qquant(qdeq(a[i], ga) * qdeq(bv, gb), gy);
       }
 }
 
@@ -37,7 +34,7 @@ void ref_qcat(const uint8_t* const* xs, const QGrid* gs, const int64_t* widths, 
     int64_t col = 0;
     for (int64_t j = 0; j < k; j++) {
       for (int64_t i = 0; i < widths[j]; i++)
-        y[o * total + col + i] = quant(deq(xs[j][o * widths[j] + i], gs[j]), gy);
+        y[o * total + col + i] = qquant(qdeq(xs[j][o * widths[j] + i], gs[j]), gy);
       col += widths[j];
     }
   }
@@ -46,7 +43,7 @@ void ref_qcat(const uint8_t* const* xs, const QGrid* gs, const int64_t* widths, 
 void ref_qactivation(QActivation kind, const uint8_t* x, QGrid gx, uint8_t* y, QGrid gy,
                      int64_t n) {
   for (int64_t i = 0; i < n; i++) {
-    float v = deq(x[i], gx), r = 0;
+    float v = qdeq(x[i], gx), r = 0;
     switch (kind) {
       case QActivation::ReLU: r = std::max(v, 0.0f); break;
       case QActivation::ReLU6: r = std::min(std::max(v, 0.0f), 6.0f); break;
@@ -55,7 +52,7 @@ void ref_qactivation(QActivation kind, const uint8_t* x, QGrid gx, uint8_t* y, Q
       case QActivation::SiLU: r = v / (1.0f + std::exp(-v)); break;
       case QActivation::Hardsigmoid: r = std::min(std::max(v + 3.0f, 0.0f), 6.0f) / 6.0f; break;
     }
-    y[i] = quant(r, gy);
+    y[i] = qquant(r, gy);
   }
 }
 
@@ -90,8 +87,8 @@ void ref_qavg_pool2d(const uint8_t* x, QGrid gx, int64_t N, int64_t C, int64_t H
           float s = 0;
           for (int64_t ih = std::max<int64_t>(h0, 0); ih < std::min(h1, H); ih++)
             for (int64_t iw = std::max<int64_t>(w0, 0); iw < std::min(w1, W); iw++)
-              s += deq(x[((n * H + ih) * W + iw) * C + c], gx);
-          y[((n * OH + oh) * OW + ow) * C + c] = quant(s / (float)((h1 - h0) * (w1 - w0)), gy);
+              s += qdeq(x[((n * H + ih) * W + iw) * C + c], gx);
+          y[((n * OH + oh) * OW + ow) * C + c] = qquant(s / (float)((h1 - h0) * (w1 - w0)), gy);
         }
 }
 
