@@ -111,7 +111,8 @@ void lookup_range(const uint8_t* t, const uint8_t* x, uint8_t* y, int64_t i0, in
 }
 
 void lookup(const std::array<uint8_t, 256>& table, const uint8_t* x, uint8_t* y, int64_t n) {
-  split(n, kParallelMinArith, [&](int64_t i0, int64_t i1) { lookup_range(table.data(), x, y, i0, i1); });
+  split(n, kParallelMin,
+        [&](int64_t i0, int64_t i1) { lookup_range(table.data(), x, y, i0, i1); });
 }
 
 void cpu_qcat(const uint8_t* const* xs, const QGrid* gs, const int64_t* widths, int64_t k,
