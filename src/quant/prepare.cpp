@@ -86,8 +86,10 @@ void attach_output(nn::Module& m, nn::ModulePtr post) {
   }
   m.register_module("activation_post_process", post);
   m.register_forward_hook([](nn::Module& mod, const std::vector<Tensor>&, const Tensor& y) {
-    // A conv that ran its fused add returns the sum, on the add's grid: not its own quantizer's.
-    if (auto* c = dynamic_cast<QuantizedConv2d*>(&mod);
+    // A conv that ran its fused add returns the sum (uint8, on the add's grid): not its own
+    // quantizer's. The dtype test first keeps the cast off the float models' calls (QAT).
+    bool u8 = y.defined() && y.dtype() == kUInt8;
+    if (auto* c = u8 ? dynamic_cast<QuantizedConv2d*>(&mod) : nullptr;
         c && c->fused_add.f && c->fused_add.f->result.is_same(y))
       return Tensor();
     return (*mod.child("activation_post_process"))(y);
